@@ -1,0 +1,144 @@
+"""Sampling from an energy function: Langevin dynamics and the replay buffer.
+
+Langevin dynamics (paper eq. 3) walks a batch of samples downhill on the
+energy, with noise:
+
+    x <- x - (step_size / 2) * grad_x E(x) + noise_scale * sqrt(T_k) * N(0, I)
+
+With noise_scale = sqrt(step_size) and T_k = 1 this is textbook Langevin,
+whose samples follow p(x) ~ exp(-E(x)) as steps shrink and chains grow long.
+`anneal=T0` starts the chains hot (T_0 = T0) and cools them geometrically to
+T = 1 by the last step, so that they spread over every basin before they
+settle; `resample=True` adds importance resampling, so that each mode ends
+with its share of probability and not the share of chains that fell into it.
+
+    from sampler import langevin, ReplayBuffer
+    x = langevin(energy, x0, n_steps=60, step_size=0.01, clamp=(-3, 3))
+
+`energy` is any function x (B, ...) -> (B,): a model with a concept bound, or
+a whole composition (compose.py). Only input gradients are computed: the
+sampler never touches parameters, so none are computed and none are left
+behind in `.grad`.
+
+The replay buffer keeps persistent chains between training iterations (Du &
+Mordatch 2019): a preallocated tensor of samples and their concept conditions.
+Each draw restarts a share `reinit_prob` of chains from noise.
+
+This file imports nothing from the project.
+"""
+import torch
+
+
+def langevin(energy, x, n_steps, step_size, noise_scale=None, anneal=1.0, resample=False,
+             clamp=None, grad_clip=None, keep_every=0):
+    """Run `n_steps` of Langevin dynamics on `energy` from `x`; return the samples.
+
+    energy:      function x (B, ...) -> (B,)
+    x:           (B, ...) starting points (not modified)
+    step_size:   lambda of eq. 3: the gradient step is step_size / 2
+    noise_scale: std of the noise at temperature 1 (default sqrt(step_size), eq. 3)
+    anneal:      temperature of the first step; cools geometrically to 1 (1 = no annealing)
+    resample:    with annealing, weight the chains by importance and resample them
+                 (sequential Monte Carlo, below)
+    clamp:       (low, high) to keep samples in the data range, or None
+    grad_clip:   clip each coordinate of the gradient to [-grad_clip, grad_clip], or None
+    keep_every:  if > 0, also return a list of snapshots every that many steps (for GIFs)
+
+    Why resample: Langevin chains rarely cross the high-energy gaps between modes,
+    so where they end depends on where they started, not on how much probability
+    each mode holds. With resampling, step k targets p_k ~ exp(-E / T_k); each
+    chain carries a log-weight that grows by -(1/T_k - 1/T_(k-1)) * E(x) as the
+    target sharpens (annealed importance sampling, Neal 2001), and when the
+    weights grow uneven (effective sample size below half) the chains are
+    redrawn in proportion to them: chains stranded in poor regions are dropped,
+    chains in good modes are copied. The energies come free with the gradients.
+    """
+    if n_steps < 0 or step_size <= 0 or anneal < 1:
+        raise ValueError(f"need n_steps >= 0, step_size > 0 and anneal >= 1, got {n_steps}, {step_size}, {anneal}")
+    noise_scale = step_size ** 0.5 if noise_scale is None else noise_scale
+    # temperatures T_k from `anneal` down to 1, geometrically
+    temps = [anneal ** (1 - k / max(n_steps - 1, 1)) for k in range(n_steps)]
+    x = x.detach().clone()
+    log_w = torch.zeros(len(x), device=x.device)  # (B,) importance log-weights
+    chain = [x.clone()] if keep_every else None
+    for k in range(n_steps):
+        x.requires_grad_(True)
+        e = energy(x)  # (B,)
+        # grad w.r.t. x only: autograd skips every parameter-gradient computation
+        (grad,) = torch.autograd.grad(e.sum(), x)
+        with torch.no_grad():
+            if resample:
+                log_w -= (1 / temps[k] - (1 / temps[k - 1] if k else 0.0)) * e  # from uniform at T = inf
+                w = torch.softmax(log_w, 0)
+                if 1 / w.pow(2).sum() < len(x) / 2 or k == n_steps - 1:
+                    idx = systematic_resample(w)
+                    x, grad = x[idx], grad[idx]
+                    log_w.zero_()
+            if grad_clip is not None:
+                grad.clamp_(-grad_clip, grad_clip)
+            x = x - 0.5 * step_size * grad
+            if noise_scale > 0:
+                x.add_(torch.randn_like(x), alpha=noise_scale * temps[k] ** 0.5)
+            if clamp is not None:
+                x.clamp_(clamp[0], clamp[1])
+        if keep_every and (k + 1) % keep_every == 0:
+            chain.append(x.clone())
+    return (x, chain) if keep_every else x
+
+
+def systematic_resample(w):
+    """Indices (B,) drawn in proportion to weights w (B,), with one shared uniform offset:
+    lower variance than independent draws, and every chain with w >= 1/B survives."""
+    n = len(w)
+    u = (torch.rand(1, device=w.device) + torch.arange(n, device=w.device)) / n  # (B,)
+    return torch.searchsorted(torch.cumsum(w, 0), u).clamp_(max=n - 1)
+
+
+class ReplayBuffer:
+    """Persistent Langevin chains: `capacity` samples with their conditions.
+
+    sample(c) draws len(c) distinct slots; a slot never filled, or picked for
+    re-initialisation (probability reinit_prob), starts afresh from `init_fn`
+    with the condition from `c`; the others continue their stored chain under
+    their stored condition. After the Langevin steps, update() writes them back.
+    """
+
+    def __init__(self, capacity, shape, init_fn, cond_shape=(), cond_dtype=torch.long,
+                 reinit_prob=0.05, device="cpu"):
+        if capacity < 1 or not 0 <= reinit_prob <= 1:
+            raise ValueError(f"need capacity >= 1 and 0 <= reinit_prob <= 1, got {capacity}, {reinit_prob}")
+        self.capacity, self.reinit_prob, self.init_fn = capacity, reinit_prob, init_fn
+        self.x = torch.zeros(capacity, *shape, device=device)  # (capacity, ...) samples
+        self.c = torch.zeros(capacity, *cond_shape, dtype=cond_dtype, device=device)  # conditions
+        self.filled = torch.zeros(capacity, dtype=torch.bool, device=device)
+
+    def sample(self, c_new):
+        """Draw len(c_new) chains. Returns x (B, ...), c (B, ...), slots (B,) and fresh (B,) bool."""
+        n = len(c_new)
+        if n > self.capacity:
+            raise ValueError(f"cannot draw {n} chains from a buffer of capacity {self.capacity}")
+        dev = self.x.device
+        slots = torch.randperm(self.capacity, device=dev)[:n]  # (B,) distinct
+        fresh = ~self.filled[slots] | (torch.rand(n, device=dev) < self.reinit_prob)  # (B,)
+        x, c = self.x[slots].clone(), self.c[slots].clone()
+        if fresh.any():
+            x[fresh] = self.init_fn(int(fresh.sum())).to(dev)
+            c[fresh] = c_new[fresh].to(dev, self.c.dtype)
+        return x, c, slots, fresh
+
+    def update(self, slots, x, c):
+        """Store the advanced chains back in their slots."""
+        self.x[slots] = x.detach()
+        self.c[slots] = c
+        self.filled[slots] = True
+
+    def state_dict(self):
+        return {"x": self.x, "c": self.c, "filled": self.filled, "reinit_prob": self.reinit_prob}
+
+    def load_state_dict(self, state):
+        if state["x"].shape != self.x.shape:
+            raise ValueError(f"buffer shape {tuple(state['x'].shape)} does not match {tuple(self.x.shape)}")
+        self.x.copy_(state["x"])
+        self.c.copy_(state["c"])
+        self.filled.copy_(state["filled"])
+        self.reinit_prob = float(state["reinit_prob"])

@@ -1,0 +1,205 @@
+"""The tests: fast, on CPU.  Run with:  python -m pytest -q test_all.py"""
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import compose
+import train
+from compose import And, Concept, Not, Or, exact_weights, parse, toy2d_quality
+from data import TOY2D_STD, load_dataset, make_toy2d, toy2d_modes
+from model import build_model, load_checkpoint
+from sampler import ReplayBuffer, langevin
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def run_cli(*args):
+    """Run one of the project's scripts; return (returncode, stdout, stderr)."""
+    p = subprocess.run([sys.executable, *args], cwd=HERE, capture_output=True, text=True, timeout=300)
+    return p.returncode, p.stdout, p.stderr
+
+
+def toy_concepts():
+    """The six toy2d names as concepts (no model needed for parsing and exact evaluation)."""
+    from data import TOY2D_FAMILIES
+    return {name: Concept(None, fam, i, name) for fam, names in TOY2D_FAMILIES.items() for i, name in enumerate(names)}
+
+
+def perfect_samples(expr, n=4000, seed=0):
+    """Samples drawn exactly from an expression's mode weights (what a perfect sampler returns)."""
+    g = torch.Generator().manual_seed(seed)
+    centres, _ = toy2d_modes()
+    mode = torch.multinomial(exact_weights(expr).float(), n, replacement=True, generator=g)
+    return centres[mode] + TOY2D_STD * torch.randn(n, 2, generator=g)
+
+
+# ---------------------------------------------------------------- data and model
+
+def test_toy2d_dataset_is_seeded_and_labelled():
+    a, b, c = make_toy2d(1000, seed=1), make_toy2d(1000, seed=1), make_toy2d(1000, seed=2)
+    assert torch.equal(a.x, b.x) and not torch.equal(a.x, c.x)
+    assert a.x.shape == (1000, 2) and set(a.labels) == {"vertical", "horizontal", "ring"}
+    radius = a.x.norm(dim=1)
+    inner = a.labels["ring"] == 0
+    assert (radius[inner] < 1.5).all() and (radius[~inner] > 1.5).all()
+    assert ((a.x[:, 1] > 0) == (a.labels["vertical"] == 0)).float().mean() > 0.98  # top is y > 0
+
+
+def test_unknown_dataset_lists_known_ones():
+    with pytest.raises(ValueError, match="toy2d"):
+        load_dataset("mnist")
+
+
+def test_energy_has_shape_batch():
+    net = build_model("mlp", n_values=2)
+    x, c = torch.randn(7, 2), torch.randint(0, 2, (7,))
+    assert net(x, c).shape == (7,)
+    concepts = {"a": Concept(net, "f", 0, "a"), "b": Concept(net, "f", 1, "b")}
+    for text in ["a", "a & b", "a | b", "a & ~b", "(a | b) & ~a"]:
+        assert parse(text, concepts)(x).shape == (7,)
+
+
+# ---------------------------------------------------------------- sampler
+
+def test_langevin_reproduces_a_gaussian():
+    mu, s = torch.tensor([1.0, -2.0]), 0.5
+    energy = lambda x: ((x - mu) ** 2).sum(1) / (2 * s * s)  # noqa: E731
+    torch.manual_seed(0)
+    x = langevin(energy, torch.zeros(4000, 2), n_steps=800, step_size=0.005)
+    assert torch.allclose(x.mean(0), mu, atol=0.04)
+    assert torch.allclose(x.var(0), torch.full((2,), s * s), rtol=0.08)
+
+
+def test_resampling_finds_each_modes_share():
+    # two narrow modes, 3:1 in mass, far apart: plain Langevin keeps the 1:1 split of
+    # its starting points; annealing with resampling recovers 3:1.
+    centres, w = torch.tensor([[-2.0], [2.0]]), torch.tensor([0.75, 0.25])
+    energy = lambda x: -torch.logsumexp(torch.log(w) - (x - centres.T) ** 2 / (2 * 0.01), dim=1)  # noqa: E731
+    torch.manual_seed(0)
+    x0 = torch.rand(4000, 1) * 6 - 3
+    plain = langevin(energy, x0, 300, 0.002, clamp=(-3, 3))
+    smc = langevin(energy, x0, 300, 0.002, anneal=30, resample=True, clamp=(-3, 3))
+    assert abs((plain < 0).float().mean() - 0.5) < 0.05
+    assert abs((smc < 0).float().mean() - 0.75) < 0.04
+
+
+def test_sampling_computes_no_parameter_gradients():
+    net = build_model("mlp", n_values=2)  # parameters require grad, as in training
+    calls = []
+    for p in net.parameters():
+        p.register_hook(lambda g: calls.append(1))
+    c = torch.zeros(16, dtype=torch.long)
+    langevin(lambda x: net(x, c), torch.randn(16, 2), 5, 0.01)
+    assert calls == [] and all(p.grad is None for p in net.parameters())
+
+
+def test_replay_buffer_capacity_reinit_and_state():
+    noise = lambda n: torch.rand(n, 2)  # noqa: E731
+    buf = ReplayBuffer(100, (2,), noise, reinit_prob=0.2)
+    assert buf.x.shape == (100, 2) and buf.c.shape == (100,)
+    with pytest.raises(ValueError, match="capacity"):
+        buf.sample(torch.zeros(101, dtype=torch.long))
+    x, c, slots, fresh = buf.sample(torch.ones(100, dtype=torch.long))
+    assert fresh.all() and len(set(slots.tolist())) == 100  # empty slots start afresh
+    buf.update(slots, torch.full_like(x, 7.0), c)
+    share = torch.stack([buf.sample(torch.zeros(50, dtype=torch.long))[3] for _ in range(400)]).float().mean()
+    assert abs(share - 0.2) < 0.02
+    x, c, _, fresh = buf.sample(torch.zeros(100, dtype=torch.long))
+    assert (x[~fresh] == 7.0).all() and (c[~fresh] == 1).all() and (c[fresh] == 0).all()
+    other = ReplayBuffer(100, (2,), noise)
+    other.load_state_dict(buf.state_dict())
+    assert torch.equal(other.x, buf.x) and torch.equal(other.c, buf.c) and other.reinit_prob == 0.2
+
+
+# ---------------------------------------------------------------- operators and parser
+
+def analytic_concepts():
+    """Two concepts with known energies: E_a = |x|^2, E_b = 3 * x_0."""
+    fn = lambda x, c: torch.where(c == 0, (x ** 2).sum(1), 3 * x[:, 0])  # noqa: E731
+    return Concept(fn, "f", 0, "a"), Concept(fn, "f", 1, "b")
+
+
+def test_operators_match_hand_computed_energies_and_gradients():
+    a, b = analytic_concepts()
+    x = torch.tensor([[0.5, -1.0], [2.0, 0.3], [-1.0, 4.0]], requires_grad=True)
+    ea, eb = (x ** 2).sum(1), 3 * x[:, 0]
+    s, alpha = compose.NEG_SCALE, compose.NEG_ALPHA
+    cases = {
+        "and": ((a & b)(x), ea + eb),
+        "or": ((a | b)(x), -torch.log(torch.exp(-ea) + torch.exp(-eb))),
+        "or_T2": (Or([a, b], temperature=2.0)(x), -2 * torch.log(torch.exp(-ea / 2) + torch.exp(-eb / 2))),
+        "not": ((a & ~b)(x), ea - alpha * s * torch.tanh(eb / s)),
+    }
+    for name, (got, want) in cases.items():
+        assert torch.allclose(got, want, atol=1e-5), name
+    # gradients by hand: d(Ea + Eb)/dx = (2 x0 + 3, 2 x1); the negation's reward is bounded
+    (g,) = torch.autograd.grad((a & b)(x).sum(), x)
+    assert torch.allclose(g, torch.stack([2 * x[:, 0] + 3, 2 * x[:, 1]], 1))
+    (g,) = torch.autograd.grad((a | b)(x).sum(), x)
+    pa = torch.sigmoid(eb - ea)  # weight of a in the softmin
+    assert torch.allclose(g, torch.stack([pa * 2 * x[:, 0] + (1 - pa) * 3, pa * 2 * x[:, 1]], 1), atol=1e-5)
+    far = torch.tensor([[0.0, 0.0]])
+    assert (~b).penalty(far + 1e6) >= -alpha * s  # leaving the data earns at most alpha * s
+
+
+def test_parser_structure_and_precedence():
+    cs = toy_concepts()
+    e = parse("inner | (bottom & left)", cs)
+    assert isinstance(e, Or) and isinstance(e.terms[1], And)
+    e = parse("top | right & outer", cs)  # & binds tighter
+    assert isinstance(e, Or) and isinstance(e.terms[1], And)
+    e = parse("TOP & ~Right", cs)  # names are case-insensitive
+    assert isinstance(e, And) and isinstance(e.terms[1], Not) and e.terms[0] is cs["top"]
+
+
+@pytest.mark.parametrize("text, message", [
+    ("topp & right", "unknown concept 'topp'; known concepts: bottom, inner, left, outer, right, top"),
+    ("top & & right", "column 7"),
+    ("(top & right", "column 13: expected ')'"),
+    ("top right", "column 5"),
+    ("top + right", "unexpected character '\\+'"),
+    ("", "column 1"),
+    ("~top", "nothing positive"),
+    ("~top | right", "nothing positive"),
+    ("~top & ~right", "nothing positive"),
+])
+def test_parser_errors(text, message):
+    with pytest.raises(ValueError, match=message):
+        parse(text, toy_concepts())
+
+
+# ---------------------------------------------------------------- exact evaluation
+
+def test_exact_weights_by_hand():
+    cs = toy_concepts()
+    w = exact_weights(parse("inner | (bottom & left)", cs))
+    centres, _ = toy2d_modes()
+    inner = centres.norm(dim=1) < 1.5
+    bottom_left = (centres[:, 0] < 0) & (centres[:, 1] < 0)
+    assert torch.allclose(w[inner & ~bottom_left], torch.tensor(1 / 16, dtype=torch.float64))
+    assert torch.allclose(w[inner & bottom_left], torch.tensor(3 / 16, dtype=torch.float64))
+    assert torch.allclose(w[~inner & bottom_left], torch.tensor(1 / 8, dtype=torch.float64))
+    assert (exact_weights(parse("top & right & outer", cs)) > 0).sum() == 2
+    assert (exact_weights(parse("outer & ~top & ~left", cs)) > 0).sum() == 2
+    with pytest.raises(ValueError, match="selects no"):
+        exact_weights(parse("top & bottom", cs))
+
+
+def test_quality_of_perfect_and_wrong_samples():
+    cs = toy_concepts()
+    for text in compose.TOY2D_SUITE:
+        q = toy2d_quality(perfect_samples(parse(text, cs)), parse(text, cs))
+        assert q["precision"] > 0.97 and q["mode_tv"] < 0.05, text
+    wrong = toy2d_quality(perfect_samples(parse("bottom", cs)), parse("top", cs))
+    assert wrong["precision"] < 0.01 and wrong["mode_tv"] > 0.95
+    unbalanced = perfect_samples(parse("top & right", cs))
+    unbalanced = unbalanced[unbalanced[:, 1] > unbalanced[:, 0]]  # keep only the upper modes
+    q = toy2d_quality(unbalanced, parse("top & right", cs))
+    assert q["precision"] > 0.97 and q["mode_tv"] > 0.2  # precise, but wrong weights
+    q = toy2d_quality(torch.rand(4000, 2) * 6 - 3, parse("top", cs))
+    assert q["precision"] < 0.1
