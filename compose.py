@@ -141,7 +141,8 @@ def parse(text, concepts):
         nonlocal pos
         tok = tokens[pos]
         if tok[0] != kind:
-            want = "a concept name or '(' or '~'" if kind == "atom" else repr(kind)
+            want = {"atom": "a concept name, '(' or '~'", "end": "'&', '|' or the end",
+                    ")": "')', '&' or '|'"}[kind]
             raise ValueError(syntax_error(text, tok[2], f"expected {want}, found {tok[1]!r}"))
         pos += 1
         return tok

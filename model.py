@@ -15,6 +15,7 @@ conditioned on the index of one of its values (0 = `top`, 1 = `bottom`).
 
 This file imports nothing from the project.
 """
+import math
 from dataclasses import asdict, dataclass
 
 import torch
@@ -25,13 +26,20 @@ import torch.nn.functional as F
 @dataclass
 class MLPConfig:
     in_dim: int = 2  # a 2D point
+    n_freqs: int = 4  # Fourier features of the input at periods 2L, L, L/2, ... (0: raw input only)
+    x_scale: float = 3.0  # L: half the width of the data box
     hidden: int = 128
     depth: int = 3  # hidden layers, each modulated by the concept (FiLM)
     n_values: int = 2  # how many values the concept family has
 
 
 class MLPEnergy(nn.Module):
-    """A Swish MLP whose hidden layers are modulated by the concept (FiLM).
+    """A Swish MLP on Fourier features of x, its hidden layers modulated by the concept (FiLM).
+
+    An MLP on raw 2D coordinates learns smooth functions first (spectral bias):
+    it turns the eight modes of a ring into one flat annulus and takes thousands
+    of iterations to carve them out. Sines and cosines of x at a few octaves
+    (Tancik et al. 2020) make such detail as easy to learn as the coarse shape.
 
     The concept index picks a learned embedding, which sets a per-unit gain and
     bias on every hidden layer: h <- swish(W h * (1 + gain_c) + bias_c). FiLM lets
@@ -42,7 +50,9 @@ class MLPEnergy(nn.Module):
     def __init__(self, cfg: MLPConfig):
         super().__init__()
         self.cfg = cfg
-        dims = [cfg.in_dim] + [cfg.hidden] * cfg.depth
+        freqs = math.pi / cfg.x_scale * 2.0 ** torch.arange(cfg.n_freqs)  # (F,)
+        self.register_buffer("freqs", freqs, persistent=False)
+        dims = [cfg.in_dim * (1 + 2 * cfg.n_freqs)] + [cfg.hidden] * cfg.depth
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
         self.film = nn.Embedding(cfg.n_values, 2 * cfg.hidden * cfg.depth)
         nn.init.zeros_(self.film.weight)  # start unmodulated: every concept the same net
@@ -52,7 +62,8 @@ class MLPEnergy(nn.Module):
         # x: (B, in_dim) float, c: (B,) long value indices
         film = self.film(c).view(len(c), self.cfg.depth, 2, self.cfg.hidden)  # (B, depth, 2, H)
         gain, bias = (1 + film[:, :, 0]).unbind(1), film[:, :, 1].unbind(1)  # depth x (B, H)
-        h = x
+        xf = x.unsqueeze(-1) * self.freqs  # (B, in_dim, F)
+        h = torch.cat([x / self.cfg.x_scale, xf.sin().flatten(1), xf.cos().flatten(1)], 1)  # (B, in_dim * (1 + 2F))
         for layer, g, b in zip(self.layers, gain, bias):
             h = F.silu(torch.addcmul(b, layer(h), g))  # (B, H): swish(W h * gain + bias)
         return self.out(h).squeeze(-1)  # (B,)

@@ -38,8 +38,8 @@ def langevin(energy, x, n_steps, step_size, noise_scale=None, anneal=1.0, resamp
     step_size:   lambda of eq. 3: the gradient step is step_size / 2
     noise_scale: std of the noise at temperature 1 (default sqrt(step_size), eq. 3)
     anneal:      temperature of the first step; cools geometrically to 1 (1 = no annealing)
-    resample:    with annealing, weight the chains by importance and resample them
-                 (sequential Monte Carlo, below)
+    resample:    with annealing from noise, weight the chains by importance and resample
+                 them (sequential Monte Carlo, below); all chains must share one target
     clamp:       (low, high) to keep samples in the data range, or None
     grad_clip:   clip each coordinate of the gradient to [-grad_clip, grad_clip], or None
     keep_every:  if > 0, also return a list of snapshots every that many steps (for GIFs)
@@ -68,9 +68,10 @@ def langevin(energy, x, n_steps, step_size, noise_scale=None, anneal=1.0, resamp
         (grad,) = torch.autograd.grad(e.sum(), x)
         with torch.no_grad():
             if resample:
-                log_w -= (1 / temps[k] - (1 / temps[k - 1] if k else 0.0)) * e  # from uniform at T = inf
-                w = torch.softmax(log_w, 0)
-                if 1 / w.pow(2).sum() < len(x) / 2 or k == n_steps - 1:
+                # the start is uniform noise: the target at T = inf
+                log_w -= (1 / temps[k] - (1 / temps[k - 1] if k else 0.0)) * e
+                w = torch.softmax(log_w, 0)  # (B,)
+                if 1 / w.pow(2).sum() < len(w) / 2 or k == n_steps - 1:  # effective sample size
                     idx = systematic_resample(w)
                     x, grad = x[idx], grad[idx]
                     log_w.zero_()
@@ -87,8 +88,8 @@ def langevin(energy, x, n_steps, step_size, noise_scale=None, anneal=1.0, resamp
 
 
 def systematic_resample(w):
-    """Indices (B,) drawn in proportion to weights w (B,), with one shared uniform offset:
-    lower variance than independent draws, and every chain with w >= 1/B survives."""
+    """Indices (B,) drawn in proportion to weights w (B,) with one shared uniform offset:
+    less variance than independent draws, and every chain with w >= 1/B survives."""
     n = len(w)
     u = (torch.rand(1, device=w.device) + torch.arange(n, device=w.device)) / n  # (B,)
     return torch.searchsorted(torch.cumsum(w, 0), u).clamp_(max=n - 1)
@@ -97,23 +98,24 @@ def systematic_resample(w):
 class ReplayBuffer:
     """Persistent Langevin chains: `capacity` samples with their conditions.
 
-    sample(c) draws len(c) distinct slots; a slot never filled, or picked for
-    re-initialisation (probability reinit_prob), starts afresh from `init_fn`
-    with the condition from `c`; the others continue their stored chain under
-    their stored condition. After the Langevin steps, update() writes them back.
+    sample(x_new, c_new) draws len(c_new) distinct slots; a slot never filled, or
+    picked for re-initialisation (probability reinit_prob), starts afresh from
+    the caller's x_new[i] under condition c_new[i]; the others continue their
+    stored chain under their stored condition. After the Langevin steps,
+    update() writes them back.
     """
 
-    def __init__(self, capacity, shape, init_fn, cond_shape=(), cond_dtype=torch.long,
-                 reinit_prob=0.05, device="cpu"):
+    def __init__(self, capacity, shape, cond_shape=(), cond_dtype=torch.long, reinit_prob=0.05, device="cpu"):
         if capacity < 1 or not 0 <= reinit_prob <= 1:
             raise ValueError(f"need capacity >= 1 and 0 <= reinit_prob <= 1, got {capacity}, {reinit_prob}")
-        self.capacity, self.reinit_prob, self.init_fn = capacity, reinit_prob, init_fn
+        self.capacity, self.reinit_prob = capacity, reinit_prob
         self.x = torch.zeros(capacity, *shape, device=device)  # (capacity, ...) samples
         self.c = torch.zeros(capacity, *cond_shape, dtype=cond_dtype, device=device)  # conditions
         self.filled = torch.zeros(capacity, dtype=torch.bool, device=device)
 
-    def sample(self, c_new):
-        """Draw len(c_new) chains. Returns x (B, ...), c (B, ...), slots (B,) and fresh (B,) bool."""
+    def sample(self, x_new, c_new):
+        """Draw len(c_new) chains. x_new (B, ...), c_new (B, ...): where fresh chains start.
+        Returns x (B, ...), c (B, ...), slots (B,) and fresh (B,) bool."""
         n = len(c_new)
         if n > self.capacity:
             raise ValueError(f"cannot draw {n} chains from a buffer of capacity {self.capacity}")
@@ -122,7 +124,7 @@ class ReplayBuffer:
         fresh = ~self.filled[slots] | (torch.rand(n, device=dev) < self.reinit_prob)  # (B,)
         x, c = self.x[slots].clone(), self.c[slots].clone()
         if fresh.any():
-            x[fresh] = self.init_fn(int(fresh.sum())).to(dev)
+            x[fresh] = x_new[fresh].to(dev, x.dtype)
             c[fresh] = c_new[fresh].to(dev, self.c.dtype)
         return x, c, slots, fresh
 

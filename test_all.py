@@ -99,19 +99,20 @@ def test_sampling_computes_no_parameter_gradients():
 
 
 def test_replay_buffer_capacity_reinit_and_state():
-    noise = lambda n: torch.rand(n, 2)  # noqa: E731
-    buf = ReplayBuffer(100, (2,), noise, reinit_prob=0.2)
+    buf = ReplayBuffer(100, (2,), reinit_prob=0.2)
     assert buf.x.shape == (100, 2) and buf.c.shape == (100,)
+    ones, zeros = torch.ones(100, dtype=torch.long), torch.zeros(100, dtype=torch.long)
     with pytest.raises(ValueError, match="capacity"):
-        buf.sample(torch.zeros(101, dtype=torch.long))
-    x, c, slots, fresh = buf.sample(torch.ones(100, dtype=torch.long))
+        buf.sample(torch.rand(101, 2), torch.zeros(101, dtype=torch.long))
+    x, c, slots, fresh = buf.sample(torch.rand(100, 2), ones)
     assert fresh.all() and len(set(slots.tolist())) == 100  # empty slots start afresh
     buf.update(slots, torch.full_like(x, 7.0), c)
-    share = torch.stack([buf.sample(torch.zeros(50, dtype=torch.long))[3] for _ in range(400)]).float().mean()
+    share = torch.stack([buf.sample(torch.rand(50, 2), zeros[:50])[3] for _ in range(400)]).float().mean()
     assert abs(share - 0.2) < 0.02
-    x, c, _, fresh = buf.sample(torch.zeros(100, dtype=torch.long))
-    assert (x[~fresh] == 7.0).all() and (c[~fresh] == 1).all() and (c[fresh] == 0).all()
-    other = ReplayBuffer(100, (2,), noise)
+    x, c, _, fresh = buf.sample(torch.full((100, 2), -1.0), zeros)
+    assert (x[~fresh] == 7.0).all() and (c[~fresh] == 1).all()  # continued chains
+    assert (x[fresh] == -1.0).all() and (c[fresh] == 0).all()  # restarted from the caller's points
+    other = ReplayBuffer(100, (2,))
     other.load_state_dict(buf.state_dict())
     assert torch.equal(other.x, buf.x) and torch.equal(other.c, buf.c) and other.reinit_prob == 0.2
 
@@ -160,8 +161,8 @@ def test_parser_structure_and_precedence():
 @pytest.mark.parametrize("text, message", [
     ("topp & right", "unknown concept 'topp'; known concepts: bottom, inner, left, outer, right, top"),
     ("top & & right", "column 7"),
-    ("(top & right", "column 13: expected ')'"),
-    ("top right", "column 5"),
+    ("(top & right", "column 13: expected '\\)', '&' or '\\|'"),
+    ("top right", "column 5: expected '&', '\\|' or the end, found 'right'"),
     ("top + right", "unexpected character '\\+'"),
     ("", "column 1"),
     ("~top", "nothing positive"),
@@ -203,3 +204,117 @@ def test_quality_of_perfect_and_wrong_samples():
     assert q["precision"] > 0.97 and q["mode_tv"] > 0.2  # precise, but wrong weights
     q = toy2d_quality(torch.rand(4000, 2) * 6 - 3, parse("top", cs))
     assert q["precision"] < 0.1
+
+
+# ---------------------------------------------------------------- training, checkpoints, command lines
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """Three toy2d models after a few iterations: enough to exercise loading and the CLIs."""
+    out = str(tmp_path_factory.mktemp("tiny"))
+    code, stdout, stderr = run_cli("train.py", "--dataset=toy2d", "--max_iters", "30", "--out_dir", out,
+                                   "--eval_steps", "10", "--log_interval", "10")
+    assert code == 0, stderr
+    assert "iter    30/30" in stdout and "it/s" in stdout and "left" in stdout
+    assert os.path.exists(os.path.join(out, "toy2d.png"))
+    return out
+
+
+def test_checkpoint_contents(tiny_run):
+    net, ckpt = load_checkpoint(os.path.join(tiny_run, "ring.pt"))
+    assert ckpt["family"] == "ring" and ckpt["values"] == ["inner", "outer"] and ckpt["step"] == 30
+    assert {"model", "model_args", "optimizer", "buffer", "config"} <= set(ckpt)
+    assert ckpt["buffer"]["x"].shape == (ckpt["config"]["buffer_size"], 2)
+    assert all(not p.requires_grad for p in net.parameters())
+
+
+def test_compose_cli_writes_samples_figure_and_gif(tiny_run, tmp_path):
+    save = str(tmp_path / "top_not_right.npz")
+    code, stdout, stderr = run_cli("compose.py", "top & ~right", "--ckpt_dir", tiny_run, "--num", "50",
+                                   "--steps", "20", "--save", save, "--gif")
+    assert code == 0, stderr
+    assert np.load(save)["samples"].shape == (50, 2)
+    assert os.path.exists(save[:-4] + ".png") and os.path.exists(save[:-4] + ".gif")
+    lines = stdout.strip().splitlines()
+    assert lines[-2].startswith("precision ") and lines[-1].startswith("mode_tv ")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["topp"], "unknown concept 'topp'; known concepts: bottom, inner, left, outer, right, top"),
+    (["top &"], "syntax error at column 6"),
+    (["~top"], "nothing positive to ground it"),
+    (["top", "--num", "0"], "--num must be a positive integer, got 0"),
+    (["top", "--num", "many"], "invalid int value: 'many'"),
+    (["top", "--ckpt_dir", "no-such-folder"], "checkpoint folder no-such-folder does not exist"),
+    (["top", "--bogus", "1"], "unrecognized arguments: --bogus"),
+])
+def test_compose_cli_errors(tiny_run, args, message):
+    args = args if "--ckpt_dir" in args else args + ["--ckpt_dir", tiny_run]
+    code, _, stderr = run_cli("compose.py", *args)
+    assert code != 0 and message in stderr and "Traceback" not in stderr
+
+
+def test_unreadable_checkpoint_is_named(tmp_path):
+    bad = tmp_path / "vertical.pt"
+    bad.write_bytes(b"not a checkpoint")
+    code, _, stderr = run_cli("compose.py", "top", "--ckpt_dir", str(tmp_path))
+    assert code != 0 and f"checkpoint {bad} could not be read" in stderr and "Traceback" not in stderr
+    code, _, stderr = run_cli("compose.py", "top", "--ckpt_dir", str(tmp_path / "empty_dir_missing"))
+    assert code != 0 and "does not exist" in stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--dataset", "mnist"], "unknown dataset 'mnist'; known datasets: toy2d"),
+    (["--max_itres", "5"], "unknown setting --max_itres; known settings: --dataset"),
+    (["--max_iters", "ten"], "bad value 'ten' for --max_iters: expected int"),
+    (["--max_iters", "0"], "--max_iters must be at least 1, got 0"),
+    (["--concept", "colour"], "unknown concept family 'colour' for toy2d; known: vertical, horizontal, ring"),
+])
+def test_train_cli_errors(args, message):
+    code, _, stderr = run_cli("train.py", *args)
+    assert code != 0 and message in stderr and "Traceback" not in stderr
+
+
+def test_config_accepts_both_spellings():
+    cfg = train.parse_config(["--max_iters=12", "--lr", "0.5", "--resume", "--dataset=toy2d"])
+    assert cfg.max_iters == 12 and cfg.lr == 0.5 and cfg.resume is True and cfg.out_dir == "out-toy2d"
+
+
+def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    path = str(tmp_path / "m.pt")
+    train.save_checkpoint({"step": 1}, path)
+
+    def crash(obj, f):  # a run killed halfway through writing
+        open(f, "wb").write(b"half a file")
+        raise KeyboardInterrupt
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(KeyboardInterrupt):
+        train.save_checkpoint({"step": 2}, path)
+    assert torch.load(path, weights_only=True) == {"step": 1}
+
+
+def test_killed_run_resumes_from_its_last_checkpoint(tmp_path):
+    out = str(tmp_path)
+    args = [sys.executable, "train.py", "--concept", "vertical", "--out_dir", out, "--max_iters", "100000",
+            "--ckpt_interval", "5", "--log_interval", "1000"]
+    proc = subprocess.Popen(args, cwd=HERE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    path = os.path.join(out, "vertical.pt")
+    try:
+        for _ in range(600):
+            if os.path.exists(path) and torch.load(path, weights_only=True)["step"] >= 10:
+                break
+            proc.wait(timeout=0.1) if proc.poll() is not None else __import__("time").sleep(0.1)
+    finally:
+        proc.kill()  # SIGKILL: no chance to clean up
+        proc.wait()
+    _, ckpt = load_checkpoint(path)
+    saved = ckpt["step"]
+    assert saved >= 10 and saved % 5 == 0
+    code, stdout, stderr = run_cli("train.py", "--concept", "vertical", "--out_dir", out, "--resume",
+                                   "--max_iters", str(saved + 5), "--log_interval", "1")
+    assert code == 0, stderr
+    assert f"resumed from {path} at step {saved}" in stdout
+    assert f"iter {saved + 1:>5}/" in stdout and f"iter {saved:>5}/" not in stdout
+    _, after = load_checkpoint(path)
+    assert after["step"] == saved + 5
+    assert not torch.equal(after["buffer"]["x"], ckpt["buffer"]["x"])  # the buffer came back and moved on

@@ -45,6 +45,7 @@ class Config:
     # model
     hidden: int = 128
     depth: int = 3
+    n_freqs: int = 4
     # optimisation
     max_iters: int = 3000
     batch_size: int = 128
@@ -57,6 +58,8 @@ class Config:
     grad_clip: float = 40.0  # per coordinate, on grad E
     buffer_size: int = 10_000
     reinit_prob: float = 0.05
+    reinit_from_data: float = 0.8  # share of restarted chains that start near a data point
+    reinit_noise: float = 0.3  # std of the perturbation of those data points
     # Langevin for compositions after training (compose.py reads these from the checkpoint)
     eval_steps: int = 200
     eval_anneal: float = 20.0
@@ -114,11 +117,10 @@ def train_concept(cfg, ds, family, device, iters_after=0):
     path = os.path.join(cfg.out_dir, f"{family}.pt")
     x_data, c_data = ds.x.to(device), ds.labels[family].to(device)  # (N, ...), (N,)
     lo, hi = ds.data_range
-    net = build_model("mlp", in_dim=ds.x.shape[1], hidden=cfg.hidden, depth=cfg.depth,
-                      n_values=len(ds.concepts[family])).to(device)
+    net = build_model("mlp", in_dim=ds.x.shape[1], n_freqs=cfg.n_freqs, x_scale=max(abs(lo), abs(hi)),
+                      hidden=cfg.hidden, depth=cfg.depth, n_values=len(ds.concepts[family])).to(device)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, betas=(0.0, 0.999))
-    noise = lambda n: lo + (hi - lo) * torch.rand(n, *ds.x.shape[1:], device=device)  # noqa: E731
-    buffer = ReplayBuffer(cfg.buffer_size, ds.x.shape[1:], noise, reinit_prob=cfg.reinit_prob, device=device)
+    buffer = ReplayBuffer(cfg.buffer_size, ds.x.shape[1:], reinit_prob=cfg.reinit_prob, device=device)
     step = 0
     if cfg.resume and os.path.exists(path):
         _, ckpt = load_checkpoint(path, device)
@@ -142,7 +144,11 @@ def train_concept(cfg, ds, family, device, iters_after=0):
     while step < cfg.max_iters:
         idx = torch.randint(len(x_data), (cfg.batch_size,), device=device)
         x_pos, c_pos = x_data[idx], c_data[idx]  # (B, 2), (B,)
-        x_neg, c_neg, slots, _ = buffer.sample(c_pos)  # (B, 2), (B,)
+        # where restarted chains start: uniform noise, or a perturbed data point of their concept
+        x_new = lo + (hi - lo) * torch.rand_like(x_pos)  # (B, 2)
+        near = torch.rand(cfg.batch_size, device=device) < cfg.reinit_from_data
+        x_new[near] = x_pos[near] + cfg.reinit_noise * torch.randn_like(x_pos[near])
+        x_neg, c_neg, slots, _ = buffer.sample(x_new, c_pos)  # (B, 2), (B,)
         x_neg = langevin(lambda x: net(x, c_neg), x_neg, cfg.steps, cfg.step_size, cfg.noise_scale,
                          clamp=(lo, hi), grad_clip=cfg.grad_clip)
         buffer.update(slots, x_neg, c_neg)
