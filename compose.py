@@ -3,20 +3,25 @@
 Each operator takes energy functions and returns an energy function
 x (B, ...) -> (B,), so they nest (paper section 2.2):
 
-    a & b   conjunction   E_a + E_b                       (product of experts, eq. 4)
-    a | b   disjunction   -T * logsumexp(-E_a/T, -E_b/T)  (mixture, eq. 7; T = 1 is the paper's)
-    a & ~b  negation      E_a - alpha * B(E_b)            (eq. 9), grounded by a positive term
+    a & b   conjunction   E_a + E_b                              (product of experts, eq. 4)
+    a | b   disjunction   -T * logsumexp(-E_a/T, -E_b/T)         (mixture, eq. 7; T = 1 is the paper's)
+    a & ~b  negation      E_a + alpha * softplus(m_b - E_b)      (eq. 9 with E_b clamped), grounded by a
 
-The negation is BOUNDED: B(e) = s * tanh(e / s). A trained energy grows without
-limit away from the data (often to hundreds), so the paper's plain -alpha * E_b
-would reward chains for leaving the data altogether; through the squash, being
-far from `b` earns at most alpha * s. A negation with nothing positive to ground
-it (`~b`, `~a | b`) is not a distribution and is refused.
+The negation is BOUNDED. The paper's E_a - alpha * E_b rewards every unit of E_b,
+and a trained energy grows without limit away from its data (often to hundreds),
+so chains would be paid for leaving the data altogether. Here -softplus(m_b - E_b)
+is E_b smoothly clamped from above at m_b (up to a constant): where `b` is likely
+(E_b below m_b) it costs alpha per nat, and where `b` is unlikely it is flat, so
+it only removes `b` from `a` and never pulls chains anywhere else. m_b is the
+typical energy of `b` on its own training data (stored in its checkpoint) plus
+NEG_MARGIN nats: exp(-NEG_MARGIN) as likely as typical `b` counts as "not b".
+In probabilities: p(x | a, not b) ~ p(x | a) * sigmoid(E_b - m_b)^alpha.
+A negation with nothing positive to ground it (`~b`, `~a | b`) is refused.
 
 From Python:
     concepts = load_concepts("out-toy2d")              # name -> Concept
     expr = concepts["top"] & ~concepts["right"]       # or: parse("top & ~right", concepts)
-    x = sample(expr, n=2000, settings=settings_of(concepts))
+    x = sample(expr, 2000, sampling_settings(concepts["top"].config))   # (2000, 2)
 
 From the command line (every checkpoint in the folder is loaded):
     python compose.py "top & ~right" --ckpt_dir out-toy2d --num 2000 --save out-toy2d/top_not_right.npz
@@ -33,13 +38,14 @@ import sys
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from data import TOY2D_FAMILIES, toy2d_modes
 from model import load_checkpoint
 from sampler import langevin
 
-NEG_ALPHA = 1.0  # weight of a negated concept
-NEG_SCALE = 5.0  # s: the squash bounds a negated energy's reward by alpha * s
+NEG_ALPHA = 3.0  # weight of a negated concept: nats per nat of E_b below m_b
+NEG_MARGIN = 5.0  # m_b = typical energy of b on its data + NEG_MARGIN
 
 
 class Energy:
@@ -58,11 +64,12 @@ class Energy:
 class Concept(Energy):
     """One value of one trained concept model: E(x | c) as a function of x."""
 
-    def __init__(self, model, family, value, name):
+    def __init__(self, model, family, value, name, data_energy=0.0):
         self.model, self.family, self.value, self.name = model, family, value, name
+        self.data_energy = data_energy  # mean E(x | c) over the concept's training data
 
     def __call__(self, x):
-        c = torch.full((len(x),), self.value, dtype=torch.long, device=x.device)  # (B,)
+        c = torch.tensor(self.value, device=x.device)  # (): one concept for the whole batch
         return self.model(x, c)  # (B,)
 
     def __repr__(self):
@@ -72,12 +79,13 @@ class Concept(Energy):
 class Not(Energy):
     """~b: only meaningful as a conjunct next to a positive term (see And)."""
 
-    def __init__(self, inner, alpha=NEG_ALPHA, scale=NEG_SCALE):
-        self.inner, self.alpha, self.scale = inner, alpha, scale
+    def __init__(self, inner, alpha=NEG_ALPHA, margin=NEG_MARGIN):
+        self.inner, self.alpha, self.margin = inner, alpha, margin
+        self.data_energy = None  # "typical energy" of a negation is not defined
 
     def penalty(self, x):
-        e = self.inner(x)  # (B,)
-        return -self.alpha * self.scale * torch.tanh(e / self.scale)  # bounded reward for high E_b
+        threshold = self.inner.data_energy + self.margin  # m_b
+        return self.alpha * F.softplus(threshold - self.inner(x))  # (B,) >= 0, flat far from b
 
     def __call__(self, x):
         raise ValueError(f"negation {self!r} has nothing positive to ground it; "
@@ -93,6 +101,7 @@ class And(Energy):
         self.terms = [u for t in terms for u in (t.terms if isinstance(t, And) else [t])]
         if all(isinstance(t, Not) for t in self.terms):
             raise ValueError(f"conjunction {self!r} has nothing positive to ground its negations")
+        self.data_energy = sum(t.data_energy for t in self.terms if not isinstance(t, Not))
 
     def __call__(self, x):
         return sum(t.penalty(x) if isinstance(t, Not) else t(x) for t in self.terms)  # (B,)
@@ -108,6 +117,7 @@ class Or(Energy):
         for t in self.terms:
             if isinstance(t, Not):
                 raise ValueError(f"disjunct {t!r} is a negation with nothing positive to ground it")
+        self.data_energy = min(t.data_energy for t in self.terms)
 
     def __call__(self, x):
         T = self.temperature
@@ -210,7 +220,7 @@ def load_concepts(ckpt_dir, device="cpu"):
         for i, name in enumerate(ckpt["values"]):
             if name in concepts:
                 raise ValueError(f"concept {name!r} is provided by two checkpoints in {ckpt_dir}")
-            concepts[name] = Concept(net, ckpt["family"], i, name)
+            concepts[name] = Concept(net, ckpt["family"], i, name, ckpt["data_energy"][i])
             concepts[name].config = ckpt["config"]
     return concepts
 

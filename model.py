@@ -9,7 +9,7 @@ conditioned on the index of one of its values (0 = `top`, 1 = `bottom`).
 
     from model import MLPConfig, MLPEnergy
     net = MLPEnergy(MLPConfig(n_values=2))
-    e = net(x, c)            # x (B, 2), c (B,) long -> e (B,)
+    e = net(x, c)            # x (B, 2), c (B,) long (or () for all) -> e (B,)
 
     net, ckpt = load_checkpoint("out-toy2d/vertical.pt")   # weights_only=True
 
@@ -59,9 +59,9 @@ class MLPEnergy(nn.Module):
         self.out = nn.Linear(cfg.hidden, 1)
 
     def forward(self, x, c):
-        # x: (B, in_dim) float, c: (B,) long value indices
-        film = self.film(c).view(len(c), self.cfg.depth, 2, self.cfg.hidden)  # (B, depth, 2, H)
-        gain, bias = (1 + film[:, :, 0]).unbind(1), film[:, :, 1].unbind(1)  # depth x (B, H)
+        # x: (B, in_dim) float; c: (B,) long value indices, or () for one value for all
+        film = self.film(c).view(-1, self.cfg.depth, 2, self.cfg.hidden)  # (B or 1, depth, 2, H)
+        gain, bias = (1 + film[:, :, 0]).unbind(1), film[:, :, 1].unbind(1)  # depth x (B or 1, H)
         xf = x.unsqueeze(-1) * self.freqs  # (B, in_dim, F)
         h = torch.cat([x / self.cfg.x_scale, xf.sin().flatten(1), xf.cos().flatten(1)], 1)  # (B, in_dim * (1 + 2F))
         for layer, g, b in zip(self.layers, gain, bias):

@@ -122,19 +122,19 @@ def test_replay_buffer_capacity_reinit_and_state():
 def analytic_concepts():
     """Two concepts with known energies: E_a = |x|^2, E_b = 3 * x_0."""
     fn = lambda x, c: torch.where(c == 0, (x ** 2).sum(1), 3 * x[:, 0])  # noqa: E731
-    return Concept(fn, "f", 0, "a"), Concept(fn, "f", 1, "b")
+    return Concept(fn, "f", 0, "a", data_energy=-1.0), Concept(fn, "f", 1, "b", data_energy=0.5)
 
 
 def test_operators_match_hand_computed_energies_and_gradients():
     a, b = analytic_concepts()
     x = torch.tensor([[0.5, -1.0], [2.0, 0.3], [-1.0, 4.0]], requires_grad=True)
     ea, eb = (x ** 2).sum(1), 3 * x[:, 0]
-    s, alpha = compose.NEG_SCALE, compose.NEG_ALPHA
+    m, alpha = 0.5 + compose.NEG_MARGIN, compose.NEG_ALPHA
     cases = {
         "and": ((a & b)(x), ea + eb),
         "or": ((a | b)(x), -torch.log(torch.exp(-ea) + torch.exp(-eb))),
         "or_T2": (Or([a, b], temperature=2.0)(x), -2 * torch.log(torch.exp(-ea / 2) + torch.exp(-eb / 2))),
-        "not": ((a & ~b)(x), ea - alpha * s * torch.tanh(eb / s)),
+        "not": ((a & ~b)(x), ea + alpha * torch.log1p(torch.exp(m - eb))),
     }
     for name, (got, want) in cases.items():
         assert torch.allclose(got, want, atol=1e-5), name
@@ -144,8 +144,12 @@ def test_operators_match_hand_computed_energies_and_gradients():
     (g,) = torch.autograd.grad((a | b)(x).sum(), x)
     pa = torch.sigmoid(eb - ea)  # weight of a in the softmin
     assert torch.allclose(g, torch.stack([pa * 2 * x[:, 0] + (1 - pa) * 3, pa * 2 * x[:, 1]], 1), atol=1e-5)
-    far = torch.tensor([[0.0, 0.0]])
-    assert (~b).penalty(far + 1e6) >= -alpha * s  # leaving the data earns at most alpha * s
+    (g,) = torch.autograd.grad((a & ~b)(x).sum(), x)
+    s = torch.sigmoid(m - eb)  # d softplus(m - E_b) / d(m - E_b)
+    assert torch.allclose(g, torch.stack([2 * x[:, 0] - alpha * s * 3, 2 * x[:, 1]], 1), atol=1e-5)
+    # far from b the negation is flat and never negative: leaving the data earns nothing
+    far = torch.tensor([[1e4, 0.0], [1e5, 0.0]])
+    assert torch.all((~b).penalty(far) >= 0) and torch.all((~b).penalty(far) < 1e-6)
 
 
 def test_parser_structure_and_precedence():

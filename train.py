@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
-from compose import TOY2D_SUITE, format_table, load_concepts, sampling_settings, toy2d_report
+from compose import format_table, load_concepts, sampling_settings, toy2d_report
 from data import load_dataset
 from model import build_model, load_checkpoint
 from sampler import ReplayBuffer, langevin
@@ -50,7 +50,7 @@ class Config:
     max_iters: int = 3000
     batch_size: int = 128
     lr: float = 3e-3
-    l2: float = 0.03
+    l2: float = 0.05
     # Langevin in training (paper eq. 3)
     steps: int = 20
     step_size: float = 0.01
@@ -58,8 +58,8 @@ class Config:
     grad_clip: float = 40.0  # per coordinate, on grad E
     buffer_size: int = 10_000
     reinit_prob: float = 0.05
-    reinit_from_data: float = 0.8  # share of restarted chains that start near a data point
-    reinit_noise: float = 0.3  # std of the perturbation of those data points
+    reinit_from_data: float = 1.0  # share of restarted chains that start near a data point, not noise
+    reinit_noise: float = 0.5  # std of the perturbation of those data points
     # Langevin for compositions after training (compose.py reads these from the checkpoint)
     eval_steps: int = 200
     eval_anneal: float = 20.0
@@ -135,7 +135,11 @@ def train_concept(cfg, ds, family, device, iters_after=0):
         return
 
     def checkpoint():
-        save_checkpoint({"model": net.state_dict(), "model_args": {"kind": "mlp", **dataclasses.asdict(net.cfg)},
+        # each value's mean energy on (up to 1024 of) its data: compose.py's negation needs it
+        with torch.no_grad():
+            data_energy = [net(x_data[c_data == v][:1024], torch.tensor(v, device=device)).mean().item()
+                           for v in range(len(ds.concepts[family]))]
+        save_checkpoint({"data_energy": data_energy, "model": net.state_dict(), "model_args": {"kind": "mlp", **dataclasses.asdict(net.cfg)},
                          "family": family, "values": list(ds.concepts[family]), "encoding": "index",
                          "optimizer": opt.state_dict(), "step": step, "buffer": buffer.state_dict(),
                          "rng": torch.get_rng_state(), "config": run_config(cfg, ds)}, path)
