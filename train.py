@@ -18,6 +18,7 @@ For toy2d the run ends with a figure of every concept's energy and of samples
 of the standard compositions (`<out_dir>/toy2d.png`) and their quality table.
 """
 import dataclasses
+import math
 import os
 import sys
 import time
@@ -50,6 +51,7 @@ class Config:
     max_iters: int = 3000
     batch_size: int = 128
     lr: float = 3e-3
+    min_lr_ratio: float = 0.1  # the learning rate decays (cosine) to lr * min_lr_ratio at max_iters
     l2: float = 0.05
     # Langevin in training (paper eq. 3)
     steps: int = 20
@@ -164,6 +166,8 @@ def train_concept(cfg, ds, family, device, iters_after=0):
                                f"try a smaller --lr or a larger --l2 (last checkpoint: {path})")
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        for group in opt.param_groups:  # cosine decay to lr * min_lr_ratio: the last steps average out noise
+            group["lr"] = cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * step / cfg.max_iters)))
         opt.step()
         step += 1
         if step % cfg.log_interval == 0 or step == cfg.max_iters:
