@@ -1,6 +1,6 @@
 """The tests: fast, on CPU.  Run with:  python -m pytest -q test_all.py"""
-import math
 import os
+import re
 import subprocess
 import sys
 
@@ -213,21 +213,42 @@ def test_quality_of_perfect_and_wrong_samples():
 # ---------------------------------------------------------------- training, checkpoints, command lines
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    """Three toy2d models after a few iterations: enough to exercise loading and the CLIs."""
-    out = str(tmp_path_factory.mktemp("tiny"))
-    code, stdout, stderr = run_cli("train.py", "--dataset=toy2d", "--max_iters", "30", "--out_dir", out,
-                                   "--eval_steps", "10", "--log_interval", "10")
+def short_run(tmp_path_factory):
+    """A short toy2d training run (about 30 s): its three models and what it printed."""
+    out = str(tmp_path_factory.mktemp("short"))
+    code, stdout, stderr = run_cli("train.py", "--dataset=toy2d", "--max_iters", "400", "--out_dir", out,
+                                   "--eval_steps", "150", "--log_interval", "100")
     assert code == 0, stderr
-    assert "iter    30/30" in stdout and "it/s" in stdout and "left" in stdout
+    return out, stdout
+
+
+def test_short_training_composes_well(short_run):
+    out, stdout = short_run
+    assert "[ring] iter   400/400" in stdout and "it/s" in stdout and "left" in stdout
     assert os.path.exists(os.path.join(out, "toy2d.png"))
-    return out
+    table = {}
+    for line in stdout.splitlines():
+        m = re.match(r"(.+?)\s{2,}(\d\.\d+)\s+(\d\.\d+)\s", line)
+        if m:
+            table[m.group(1)] = [float(m.group(2)), float(m.group(3))]
+    assert set(table) == set(compose.TOY2D_SUITE)
+    # after 400 iterations (the full run has 3000) every composition is mostly on its modes...
+    for text, (precision, tv) in table.items():
+        assert precision >= 0.85, (text, precision)
+    # ...and single concepts, conjunctions and negations spread over their modes about right
+    for text in ["top", "outer", "top & right", "top & ~right", "outer & ~top & ~left"]:
+        assert table[text][1] <= 0.35, (text, table[text])
+
+
+@pytest.fixture(scope="module")
+def tiny_run(short_run):
+    return short_run[0]
 
 
 def test_checkpoint_contents(tiny_run):
     net, ckpt = load_checkpoint(os.path.join(tiny_run, "ring.pt"))
-    assert ckpt["family"] == "ring" and ckpt["values"] == ["inner", "outer"] and ckpt["step"] == 30
-    assert {"model", "model_args", "optimizer", "buffer", "config"} <= set(ckpt)
+    assert ckpt["family"] == "ring" and ckpt["values"] == ["inner", "outer"] and ckpt["step"] == 400
+    assert {"model", "model_args", "optimizer", "buffer", "config", "data_energy"} <= set(ckpt)
     assert ckpt["buffer"]["x"].shape == (ckpt["config"]["buffer_size"], 2)
     assert all(not p.requires_grad for p in net.parameters())
 
