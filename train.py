@@ -1,19 +1,30 @@
 """Train concept EBMs by contrastive divergence with a replay buffer.
 
-    python train.py --dataset toy2d                  # one model per family, ~1 minute on 2 CPU cores
+    python train.py --dataset toy2d                  # one model per family, ~2.5 minutes on 2 CPU cores
     python train.py --dataset toy2d --max_iters=300  # any setting of Config, as --key value or --key=value
     python train.py --dataset toy2d --resume         # continue a stopped run from its checkpoints
 
 One model is trained per concept family (`--concept vertical` trains just one)
 and written to `<out_dir>/<family>.pt`. Each iteration:
   1. x+ (B, ...), c+ (B,): a batch of data and its family labels
-  2. x- (B, ...), c-: chains drawn from the replay buffer (a few restarted from noise),
-     advanced by `steps` Langevin steps on E(. | c-), and written back
+  2. x- (B, ...), c-: chains drawn from the replay buffer, advanced by `steps`
+     Langevin steps on E(. | c-), and written back. A share `reinit_prob` of them
+     restart, from a perturbed data point of their concept (why: see below)
   3. loss = mean E(x+|c+) - mean E(x-|c-) + l2 * (mean E(x+)^2 + mean E(x-)^2)
      (Du & Mordatch 2019): pushes data energies down and sample energies up; the
      l2 term keeps energies near zero so they cannot drift without bound.
-Adam with beta1 = 0, as in the paper. Checkpoints are written atomically every
+Why restart near the data: a chain stays in the mode it first falls into, so
+the buffer holds each mode in proportion to how many restarted chains reached
+it. Restarts from uniform noise reach modes in proportion to their basins and
+leave the modes' depths, and so their probabilities, unbalanced; restarts near
+the data reach each mode in proportion to its data, and the l2 term then pulls
+every mode to the same depth. (`--reinit_from_data 0` restarts from noise, as
+in the paper.)
+Adam with beta1 = 0, as in the paper, with a cosine decay of the learning rate.
+Checkpoints are written atomically every
 `ckpt_interval` iterations, so a killed run loses at most that many steps.
+Several families train side by side in single-threaded processes on a CPU
+(`--workers`): these small models are bound by Python overhead, not arithmetic.
 For toy2d the run ends with a figure of every concept's energy and of samples
 of the standard compositions (`<out_dir>/toy2d.png`) and their quality table.
 """
@@ -228,5 +239,5 @@ def main(argv):
 if __name__ == "__main__":
     try:
         main(sys.argv[1:])
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
         sys.exit(f"error: {e}")
