@@ -382,7 +382,7 @@ def main(argv=None):
     p.add_argument("expr", help="e.g. 'top & ~right' or 'inner | (bottom & left)'")
     p.add_argument("--ckpt_dir", default="out-toy2d", help="folder of concept checkpoints (*.pt)")
     p.add_argument("--num", type=int, default=2000, help="number of samples")
-    p.add_argument("--save", default=None, help="output .npz (a .png is written beside it)")
+    p.add_argument("--save", default=None, help="output .npz, a .png beside it (default: in --ckpt_dir, named after the expression)")
     p.add_argument("--gif", action="store_true", help="also write an animation of the chains")
     p.add_argument("--steps", type=int, default=None, help="Langevin steps (default: from the checkpoint)")
     p.add_argument("--step_size", type=float, default=None)
@@ -391,17 +391,22 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.num < 1:
         p.error(f"--num must be a positive integer, got {args.num}")
+    if args.save and not args.save.endswith(".npz"):
+        p.error(f"--save must name an .npz file, got {args.save!r}")
     concepts = load_concepts(args.ckpt_dir)
     expr = parse(args.expr, concepts)
+    is_toy2d = all(c.family in TOY2D_FAMILIES for c in concepts.values())
+    if is_toy2d:
+        exact_weights(expr)  # an expression that selects no mode is an error, before sampling
     settings = sampling_settings(next(iter(concepts.values())).config, steps=args.steps,
                                  step_size=args.step_size, anneal=args.anneal)
-    save = args.save or os.path.join(args.ckpt_dir, re.sub(r"\W+", "_", args.expr).strip("_") + ".npz")
+    words = args.expr.replace("~", " not ").replace("&", " and ").replace("|", " or ")
+    save = args.save or os.path.join(args.ckpt_dir, re.sub(r"\W+", "_", words).strip("_") + ".npz")
     out = sample(expr, args.num, settings, seed=args.seed, keep_every=max(settings["steps"] // 50, 1) if args.gif else 0)
     x, chain = out if args.gif else (out, None)
     os.makedirs(os.path.dirname(os.path.abspath(save)), exist_ok=True)
     np.savez(save, samples=x.numpy())
     stem = os.path.splitext(save)[0]
-    is_toy2d = all(c.family in TOY2D_FAMILIES for c in concepts.values())
     plot_points(x, stem + ".png", args.expr, settings["data_range"])
     print(f"saved {save} and {stem}.png")
     if chain is not None:
