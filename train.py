@@ -62,7 +62,7 @@ class Config:
     max_iters: int = 3000
     batch_size: int = 128
     lr: float = 3e-3
-    min_lr_ratio: float = 0.1  # the learning rate decays (cosine) to lr * min_lr_ratio at max_iters
+    min_lr_ratio: float = 0.01  # the learning rate decays (cosine) to lr * min_lr_ratio at max_iters
     l2: float = 0.05
     # Langevin in training (paper eq. 3)
     steps: int = 20
