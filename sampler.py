@@ -22,7 +22,8 @@ behind in `.grad`.
 
 The replay buffer keeps persistent chains between training iterations (Du &
 Mordatch 2019): a preallocated tensor of samples and their concept conditions.
-Each draw restarts a share `reinit_prob` of chains from noise.
+Each draw restarts a share `reinit_prob` of chains from points the caller gives
+(train.py: perturbed data points; the paper: uniform noise).
 
 This file imports nothing from the project.
 """
@@ -122,7 +123,7 @@ class ReplayBuffer:
         dev = self.x.device
         slots = torch.randperm(self.capacity, device=dev)[:n]  # (B,) distinct
         fresh = ~self.filled[slots] | (torch.rand(n, device=dev) < self.reinit_prob)  # (B,)
-        x, c = self.x[slots].clone(), self.c[slots].clone()
+        x, c = self.x[slots], self.c[slots]  # indexing copies
         if fresh.any():
             x[fresh] = x_new[fresh].to(dev, x.dtype)
             c[fresh] = c_new[fresh].to(dev, self.c.dtype)
