@@ -39,7 +39,7 @@ import torch
 
 from compose import format_table, load_concepts, sampling_settings, toy2d_report
 from data import load_dataset
-from model import build_model, load_checkpoint
+from model import build_model, load_checkpoint, model_args
 from sampler import ReplayBuffer, langevin
 
 
@@ -152,8 +152,8 @@ def train_concept(cfg, ds, family, device, iters_after=0):
         with torch.no_grad():
             data_energy = [net(x_data[c_data == v][:1024], torch.tensor(v, device=device)).mean().item()
                            for v in range(len(ds.concepts[family]))]
-        save_checkpoint({"data_energy": data_energy, "model": net.state_dict(), "model_args": {"kind": "mlp", **dataclasses.asdict(net.cfg)},
-                         "family": family, "values": list(ds.concepts[family]), "encoding": "index",
+        save_checkpoint({"model": net.state_dict(), "model_args": model_args(net), "family": family,
+                         "values": list(ds.concepts[family]), "encoding": "index", "data_energy": data_energy,
                          "optimizer": opt.state_dict(), "step": step, "buffer": buffer.state_dict(),
                          "rng": torch.get_rng_state(), "config": run_config(cfg, ds)}, path)
 
@@ -177,8 +177,10 @@ def train_concept(cfg, ds, family, device, iters_after=0):
                                f"try a smaller --lr or a larger --l2 (last checkpoint: {path})")
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        for group in opt.param_groups:  # cosine decay to lr * min_lr_ratio: the last steps average out noise
-            group["lr"] = cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * step / cfg.max_iters)))
+        # cosine decay to lr * min_lr_ratio: the last steps average out the gradient noise
+        decay = 0.5 * (1 + math.cos(math.pi * step / cfg.max_iters))  # 1 -> 0
+        for group in opt.param_groups:
+            group["lr"] = cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * decay)
         opt.step()
         step += 1
         if step % cfg.log_interval == 0 or step == cfg.max_iters:
