@@ -35,6 +35,7 @@ import glob
 import os
 import re
 import sys
+import time
 
 import numpy as np
 import torch
@@ -62,15 +63,39 @@ class Energy:
 
 
 class Concept(Energy):
-    """One value of one trained concept model: E(x | c) as a function of x."""
+    """One value of one trained concept model: E(x | c) as a function of x.
+    `value` is a value index (discrete) or a list of numbers (continuous, e.g. a position)."""
 
     def __init__(self, model, family, value, name, data_energy=0.0):
         self.model, self.family, self.value, self.name = model, family, value, name
         self.data_energy = data_energy  # mean E(x | c) over the concept's training data
 
     def __call__(self, x):
-        c = torch.tensor(self.value, device=x.device)  # (): one concept for the whole batch
+        c = torch.tensor(self.value, device=x.device)  # () or (d,): one concept for the whole batch
         return self.model(x, c)  # (B,)
+
+
+class Family:
+    """A continuous concept family (`size`, `position`): `size=0.6` picks a Concept of it."""
+
+    def __init__(self, model, name, components, low, high, data_energy=0.0):
+        self.model, self.name, self.components = model, name, components
+        self.low, self.high, self.data_energy = low, high, data_energy
+
+    def at(self, numbers):
+        """The concept `name=numbers`; a wrong count or a number out of range is a ValueError."""
+        shown = f"{self.name}={numbers[0]:g}" if len(numbers) == 1 else \
+            f"{self.name}=({','.join(f'{v:g}' for v in numbers)})"
+        if len(numbers) != len(self.components):
+            raise ValueError(f"{shown}: {self.name} takes {len(self.components)} number(s) "
+                             f"({', '.join(self.components)})")
+        for v in numbers:
+            if not self.low <= v <= self.high:
+                raise ValueError(f"{shown} is out of range: {self.name} takes values in [{self.low:g}, {self.high:g}]")
+        return Concept(self.model, self.name, [float(v) for v in numbers], shown, self.data_energy)
+
+    def __repr__(self):
+        return self.name
 
     def __repr__(self):
         return self.name
@@ -129,9 +154,10 @@ class Or(Energy):
 
 
 # ----------------------------------------------------------------------------
-# the expression language: names, &, |, ~ and parentheses; & binds tighter than |
+# the expression language: names, &, |, ~ and parentheses; & binds tighter than |.
+# A continuous concept takes its numbers after '=':  size=0.6,  position=(0.5,-0.3)
 
-TOKEN = re.compile(r"\s*(?:([A-Za-z_][A-Za-z0-9_]*)|(.))")
+TOKEN = re.compile(r"\s*(?:([A-Za-z_][A-Za-z0-9_]*)|([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)|(.))")
 
 
 def parse(text, concepts):
@@ -139,11 +165,11 @@ def parse(text, concepts):
     by_name = {k.lower(): v for k, v in concepts.items()}
     tokens = []  # (kind, value, column)
     for m in TOKEN.finditer(text.rstrip()):
-        name, op = m.groups()
-        col = m.start(1) if name else m.start(2)
-        if op is not None and op not in "&|~()":
+        name, number, op = m.groups()
+        col = m.start(m.lastindex)
+        if op is not None and op not in "&|~()=,":
             raise ValueError(syntax_error(text, col, f"unexpected character {op!r}"))
-        tokens.append(("name", name, col) if name else (op, op, col))
+        tokens.append(("name", name, col) if name else ("number", float(number), col) if number else (op, op, col))
     tokens.append(("end", "end of expression", len(text.rstrip())))
     pos = 0
 
@@ -152,7 +178,8 @@ def parse(text, concepts):
         tok = tokens[pos]
         if tok[0] != kind:
             want = {"atom": "a concept name, '(' or '~'", "end": "'&', '|' or the end",
-                    ")": "')', '&' or '|'"}[kind]
+                    ")": "')', '&' or '|'", "number": "a number", "=": "'='",
+                    "),": "',' or ')'"}[kind]
             raise ValueError(syntax_error(text, tok[2], f"expected {want}, found {tok[1]!r}"))
         pos += 1
         return tok
@@ -187,9 +214,32 @@ def parse(text, concepts):
         if kind == "name":
             pos += 1
             if value.lower() not in by_name:
-                raise ValueError(f"unknown concept {value!r}; known concepts: {', '.join(sorted(concepts))}")
-            return by_name[value.lower()]
+                raise ValueError(f"unknown concept {value!r}; known concepts: {known(concepts)}")
+            found = by_name[value.lower()]
+            if isinstance(found, Family):
+                if tokens[pos][0] != "=":
+                    raise ValueError(syntax_error(text, tokens[pos][2], f"{value} is continuous and needs a value: "
+                                                  f"{value}=... in [{found.low:g}, {found.high:g}]"))
+                pos += 1
+                return found.at(numbers())
+            if tokens[pos][0] == "=":
+                raise ValueError(syntax_error(text, tokens[pos][2], f"{value} is a discrete concept and takes no value"))
+            return found
         expect("atom")  # raises
+
+    def numbers():  # 0.6  or  (0.5, -0.3)
+        nonlocal pos
+        if tokens[pos][0] != "(":
+            return [expect("number")[1]]
+        pos += 1
+        values = [expect("number")[1]]
+        while tokens[pos][0] == ",":
+            pos += 1
+            values.append(expect("number")[1])
+        if tokens[pos][0] != ")":
+            expect("),")  # raises
+        pos += 1
+        return values
 
     expr = disjunction()
     expect("end")
@@ -197,6 +247,11 @@ def parse(text, concepts):
         raise ValueError(f"negation {expr!r} has nothing positive to ground it; write it next to a "
                          f"positive concept, e.g. 'a & {expr!r}'")
     return expr
+
+
+def known(concepts):
+    """The names an expression may use, continuous ones with their syntax."""
+    return ", ".join(f"{k}=..." if isinstance(v, Family) else k for k, v in sorted(concepts.items()))
 
 
 def syntax_error(text, col, message):
@@ -208,42 +263,61 @@ def syntax_error(text, col, message):
 
 
 def load_concepts(ckpt_dir, device="cpu"):
-    """Every checkpoint in `ckpt_dir` -> {value name: Concept}. Clear errors for a bad folder."""
+    """Every checkpoint in `ckpt_dir` -> {name: Concept, or Family for a continuous family}.
+    Clear errors for a bad folder, or for checkpoints of different data or image sizes."""
     if not os.path.isdir(ckpt_dir):
         raise FileNotFoundError(f"checkpoint folder {ckpt_dir} does not exist")
     paths = sorted(glob.glob(os.path.join(ckpt_dir, "*.pt")))
     if not paths:
         raise FileNotFoundError(f"checkpoint folder {ckpt_dir} holds no checkpoint (*.pt)")
-    concepts = {}
+    concepts, first = {}, None
     for path in paths:
         net, ckpt = load_checkpoint(path, device)
-        for i, name in enumerate(ckpt["values"]):
+        if "family" not in ckpt:  # e.g. a judge next to the concept models
+            continue
+        cfg = ckpt["config"]
+        data = (cfg["dataset"], tuple(cfg["x_shape"]))
+        first = first or (path, data)
+        if data != first[1]:
+            raise ValueError(f"{path} was trained on {data[0]} {data[1]} but {first[0]} on "
+                             f"{first[1][0]} {first[1][1]}: one folder must hold models of one dataset and size")
+        if ckpt["encoding"] == "numbers":
+            low, high = ckpt["range"]
+            names = {ckpt["family"]: Family(net, ckpt["family"], ckpt["values"], low, high, ckpt["data_energy"][0])}
+        else:
+            names = {name: Concept(net, ckpt["family"], i, name, ckpt["data_energy"][i])
+                     for i, name in enumerate(ckpt["values"])}
+        for name, concept in names.items():
             if name in concepts:
                 raise ValueError(f"concept {name!r} is provided by two checkpoints in {ckpt_dir}")
-            concepts[name] = Concept(net, ckpt["family"], i, name, ckpt["data_energy"][i])
-            concepts[name].config = ckpt["config"]
+            concept.config = cfg
+            concepts[name] = concept
+    if not concepts:
+        raise FileNotFoundError(f"checkpoint folder {ckpt_dir} holds no concept model")
     return concepts
 
 
 def sampling_settings(config, **overrides):
     """Sampler settings for compositions, from a training run's config (kept in every checkpoint)."""
     s = {"steps": config["eval_steps"], "step_size": config["step_size"],
-         "noise_scale": config["noise_scale"], "anneal": config["eval_anneal"],
-         "grad_clip": config["grad_clip"], "data_range": tuple(config["data_range"]),
-         "x_shape": tuple(config["x_shape"])}
+         "noise_scale": config["noise_scale"], "anneal": config["eval_anneal"], "grad_clip": config["grad_clip"],
+         "data_range": tuple(config["data_range"]), "x_shape": tuple(config["x_shape"])}
     s.update({k: v for k, v in overrides.items() if v is not None})
+    s["resample"] = s["anneal"] > 1  # importance weights are only defined for an annealed start
     return s
 
 
 def sample(expr, n, settings, seed=0, keep_every=0, device="cpu"):
-    """Draw n samples of a composition: annealed Langevin with resampling, from uniform noise."""
+    """Draw n samples of a composition: Langevin from uniform noise (annealed, with
+    resampling, where the settings say so)."""
     lo, hi = settings["data_range"]
     g = torch.Generator(device=device).manual_seed(seed)
     x0 = lo + (hi - lo) * torch.rand(n, *settings["x_shape"], generator=g, device=device)
     torch.manual_seed(seed)  # the Langevin noise
-    return langevin(expr, x0, settings["steps"], settings["step_size"], settings["noise_scale"],
-                    anneal=settings["anneal"], resample=True, clamp=(lo, hi), grad_clip=settings["grad_clip"],
-                    keep_every=keep_every)
+    with torch.nn.utils.parametrize.cached():  # spectral norm: W / sigma once, not every step
+        return langevin(expr, x0, settings["steps"], settings["step_size"], settings["noise_scale"],
+                        anneal=settings["anneal"], resample=settings["resample"], clamp=(lo, hi),
+                        grad_clip=settings["grad_clip"], keep_every=keep_every)
 
 
 # ----------------------------------------------------------------------------
@@ -373,6 +447,32 @@ def plot_points_gif(chain, path, title, data_range):
     imageio.mimsave(path, frames, duration=0.08)
 
 
+def image_grid(x, nrow=8, pad=2):
+    """Images (N, 3, H, W) in [0, 1] -> one uint8 picture (rows of nrow, white gaps), each
+    image enlarged to at least 64 pixels so that 32x32 samples can be seen."""
+    x = x.detach().float().cpu().clamp(0, 1)
+    scale = max(1, 64 // x.shape[-1])
+    x = x.repeat_interleave(scale, -1).repeat_interleave(scale, -2)  # (N, 3, sH, sW)
+    n, _, h, w = x.shape
+    rows = -(-n // nrow)
+    grid = torch.ones(3, rows * (h + pad) + pad, nrow * (w + pad) + pad)
+    for i in range(n):
+        r, c = divmod(i, nrow)
+        grid[:, pad + r * (h + pad): pad + r * (h + pad) + h, pad + c * (w + pad): pad + c * (w + pad) + w] = x[i]
+    return (grid.permute(1, 2, 0) * 255).round().byte().numpy()  # (H', W', 3)
+
+
+def save_image_grid(x, path, nrow=8):
+    import imageio.v2 as imageio
+    imageio.imwrite(path, image_grid(x, nrow))
+
+
+def save_image_gif(chain, path, nrow=8):
+    """An animation of image chains: one grid of the first nrow^2 chains per snapshot."""
+    import imageio.v2 as imageio
+    imageio.mimsave(path, [image_grid(x[: nrow * nrow], nrow) for x in chain], duration=0.08)
+
+
 # ----------------------------------------------------------------------------
 # command line
 
@@ -382,7 +482,8 @@ def main(argv=None):
     p.add_argument("expr", help="e.g. 'top & ~right' or 'inner | (bottom & left)'")
     p.add_argument("--ckpt_dir", default="out-toy2d", help="folder of concept checkpoints (*.pt)")
     p.add_argument("--num", type=int, default=2000, help="number of samples")
-    p.add_argument("--save", default=None, help="output .npz, a .png beside it (default: in --ckpt_dir, named after the expression)")
+    p.add_argument("--save", default=None, help="output .npz (samples, and a .png figure beside it) or .png "
+                   "(the figure only); default: in --ckpt_dir, named after the expression")
     p.add_argument("--gif", action="store_true", help="also write an animation of the chains")
     p.add_argument("--steps", type=int, default=None, help="Langevin steps (default: from the checkpoint)")
     p.add_argument("--step_size", type=float, default=None)
@@ -391,26 +492,37 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.num < 1:
         p.error(f"--num must be a positive integer, got {args.num}")
-    if args.save and not args.save.endswith(".npz"):
-        p.error(f"--save must name an .npz file, got {args.save!r}")
+    if args.save and not args.save.endswith((".npz", ".png")):
+        p.error(f"--save must name an .npz file (samples and a .png beside it) or a .png (the figure only), "
+                f"got {args.save!r}")
     concepts = load_concepts(args.ckpt_dir)
     expr = parse(args.expr, concepts)
-    is_toy2d = all(c.family in TOY2D_FAMILIES for c in concepts.values())
+    config = next(iter(concepts.values())).config
+    is_toy2d = config["dataset"] == "toy2d"
     if is_toy2d:
         exact_weights(expr)  # an expression that selects no mode is an error, before sampling
-    settings = sampling_settings(next(iter(concepts.values())).config, steps=args.steps,
-                                 step_size=args.step_size, anneal=args.anneal)
+    settings = sampling_settings(config, steps=args.steps, step_size=args.step_size, anneal=args.anneal)
     words = args.expr.replace("~", " not ").replace("&", " and ").replace("|", " or ")
     save = args.save or os.path.join(args.ckpt_dir, re.sub(r"\W+", "_", words).strip("_") + ".npz")
+    t0 = time.time()
     out = sample(expr, args.num, settings, seed=args.seed, keep_every=max(settings["steps"] // 50, 1) if args.gif else 0)
     x, chain = out if args.gif else (out, None)
+    print(f"sampled {args.num} in {time.time() - t0:.1f} s ({settings['steps']} Langevin steps)")
     os.makedirs(os.path.dirname(os.path.abspath(save)), exist_ok=True)
-    np.savez(save, samples=x.numpy())
     stem = os.path.splitext(save)[0]
-    plot_points(x, stem + ".png", args.expr, settings["data_range"])
-    print(f"saved {save} and {stem}.png")
+    if save.endswith(".npz"):
+        np.savez(save, samples=x.numpy())
+        print(f"saved {save}")
+    if is_toy2d:
+        plot_points(x, stem + ".png", args.expr, settings["data_range"])
+    else:
+        save_image_grid(x[:64], stem + ".png")
+    print(f"saved {stem}.png")
     if chain is not None:
-        plot_points_gif(chain, stem + ".gif", args.expr, settings["data_range"])
+        if is_toy2d:
+            plot_points_gif(chain, stem + ".gif", args.expr, settings["data_range"])
+        else:
+            save_image_gif(chain, stem + ".gif")
         print(f"saved {stem}.gif")
     if is_toy2d:
         q = toy2d_quality(x, expr)

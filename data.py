@@ -11,14 +11,24 @@ A concept model is trained on one family (e.g. `vertical`, whose values are
     ds.labels["vertical"]      # (50000,) long: 0 = top, 1 = bottom
     ds.concepts["vertical"]    # ("top", "bottom")
 
+    ds = load_dataset("shapes", n=20_000, seed=0)
+    ds.x.shape                 # (20000, 3, 32, 32) float in [0, 1]
+    ds.labels["shape"]         # (20000,) long: index into ds.concepts["shape"]
+    ds.labels["size"]          # (20000, 1) float, in ds.ranges["size"]
+
 Datasets (see ../shared/DESIGN.md):
   toy2d   16 Gaussian modes on two rings, three binary concept families.
+  shapes  one rendered 3D-looking object (sphere, cube, cylinder) per image;
+          families shape and color (discrete), size and position (continuous),
+          with held-out colors, sizes, lighting and a held-out shape (cone).
 
 This file imports nothing from the project (see the layout in README.md).
 """
 import math
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 # ----------------------------------------------------------------------------
@@ -61,9 +71,10 @@ def toy2d_modes():
 class Dataset:
     name: str
     x: torch.Tensor  # (N, ...) inputs
-    labels: dict  # family -> (N,) long value indices
-    concepts: dict  # family -> tuple of value names
+    labels: dict  # family -> (N,) long value indices, or (N, D) float for continuous families
+    concepts: dict  # family -> tuple of value names (component names for continuous families)
     data_range: tuple  # (low, high): where samplers start and what they clamp to
+    ranges: dict = field(default_factory=dict)  # continuous family -> (low, high) of every component
 
     def __len__(self):
         return len(self.x)
@@ -78,8 +89,174 @@ def make_toy2d(n=50_000, seed=0):
     labels = {f: lab[mode] for f, lab in mode_labels.items()}
     return Dataset("toy2d", x, labels, dict(TOY2D_FAMILIES), TOY2D_RANGE)
 
+# ----------------------------------------------------------------------------
+# shapes: one procedurally rendered object per image, numpy only, so the image
+# experiments need no download. Shading multiplies the base color by 0.55..1.0
+# so that the color stays recognisable on every face.
 
-DATASETS = {"toy2d": make_toy2d}
+SHAPES = ("sphere", "cube", "cylinder")
+COLORS = {  # saturated and far from the grey background and from each other
+    "red": (0.90, 0.10, 0.10), "green": (0.10, 0.75, 0.15), "blue": (0.15, 0.30, 0.95),
+    "yellow": (0.95, 0.90, 0.10), "cyan": (0.10, 0.85, 0.90), "magenta": (0.90, 0.15, 0.85),
+    "orange": (1.00, 0.55, 0.05), "purple": (0.50, 0.12, 0.75),
+}
+HELDOUT_COLORS = {"pink": (1.00, 0.60, 0.75), "brown": (0.55, 0.33, 0.15), "lime": (0.60, 0.95, 0.20)}
+HELDOUT_SHAPE = "cone"  # shape index 3 in render_shapes and in make_shapes' labels
+SIZE_RANGE = (0.3, 0.7)  # training sizes
+HELDOUT_SIZES = (0.75, 0.9)
+POSITION_RANGE = (-1.0, 1.0)
+SHAPES_SCENES = ("plain", "ground")
+SHAPES_IMAGE_SIZES = (32, 64)
+SHAPES_HELDOUT = (None, "colors", "light", "sizes", "shape")
+
+AMBIENT = 0.55  # darkest shading factor under the training lights
+DEFAULT_LIGHT = (-0.45, 0.85, 0.35)  # (x right, y up, z towards the viewer): from the upper left
+UNSEEN_LIGHT, UNSEEN_GAIN = (0.8, 0.3, 0.5), 0.65  # from the right and dimmer: never seen in training
+_unit = lambda v: np.asarray(v, dtype=np.float64) / np.linalg.norm(v)
+TOP_N, SIDE_N, FRONT_N = _unit((0, 1, 0.2)), _unit((1, 0, 0.3)), _unit((0, 0, 1))  # cube/cap face normals
+
+
+def _check(what, value, allowed):
+    if value not in allowed:
+        raise ValueError(f"unknown {what} {value!r}; allowed: {', '.join(map(repr, allowed))}")
+
+
+def _draw(img, X, Y, shape, rgb, cx, cy, r, light, gain):
+    """Paint one object into img (S, S, 3) in place; X, Y (S, S) are pixel centres."""
+    u, v = (X - cx) / r, (cy - Y) / r  # object frame, v up: the object fills [-1, 1]^2
+    lit = lambda n: AMBIENT + (1 - AMBIENT) * np.clip(n @ light, 0, None)  # n (..., 3) -> (...)
+    spec = 0.0
+    if shape == 0:  # sphere: Lambert on the hemisphere's normals, plus a Blinn highlight
+        d2 = u * u + v * v
+        mask = d2 <= 1
+        n = np.stack([u, v, np.sqrt(np.clip(1 - d2, 0, None))], -1)  # (S, S, 3)
+        shade, spec = lit(n), 0.8 * np.clip(n @ _unit(light + FRONT_N), 0, None) ** 30
+    elif shape == 1:  # cube, oblique view: front square, top and right faces sheared by the depth d
+        s = 1.4  # front face side; the depth offset is 2 - s so the hexagon fills [-1, 1]^2
+        e = -1 + s  # top and right edge of the front face
+        front = (u >= -1) & (u <= e) & (v >= -1) & (v <= e)
+        top = (v > e) & (v <= 1) & (u - (v - e) >= -1) & (u - (v - e) <= e)
+        side = (u > e) & (u <= 1) & (v - (u - e) >= -1) & (v - (u - e) <= e)
+        mask = front | top | side
+        shade = np.select([top, side], [lit(TOP_N), lit(SIDE_N)], lit(FRONT_N))
+    else:  # cylinder (2) and cone (3): upright bodies of revolution with an elliptical base
+        a, e = (0.8, 0.28) if shape == 2 else (0.85, 0.25)  # half width, half height of the ellipses
+        base = (u / a) ** 2 + ((v + 1 - e) / e) ** 2 <= 1
+        if shape == 2:
+            half, tilt = np.full_like(v, a), 0.0
+            cap = (u / a) ** 2 + ((v - 1 + e) / e) ** 2 <= 1
+        else:
+            half, tilt = a * (1 - v) / (2 - e), 0.45  # the cone narrows to its apex at v = 1
+            cap = np.zeros_like(base)
+        body = (np.abs(u) <= half) & (v >= -1 + e) & (v <= 1 - (e if shape == 2 else 0)) | base
+        nx = np.clip(u / np.maximum(half, 1e-6), -1, 1)  # horizontal position across the body
+        n = np.stack([nx, np.full_like(nx, tilt), np.sqrt(1 - nx ** 2)], -1)
+        n /= np.linalg.norm(n, axis=-1, keepdims=True)  # (S, S, 3)
+        mask, shade = body | cap, np.where(cap, lit(TOP_N), lit(n))
+    col = np.asarray(rgb) * (gain * shade)[..., None]  # (S, S, 3)
+    col += np.asarray(spec)[..., None] * (1 - col)  # the highlight whitens towards 1
+    img[mask] = col[mask]
+
+
+def render_shapes(labels, image_size=32, scene="plain", clutter=0, light=None, seed=0):
+    """Render one object per image; returns uint8 (N, H, W, 3), H = W = image_size.
+
+    labels: numpy arrays "shape" (N,) int index into SHAPES + (HELDOUT_SHAPE,),
+    "color" (N, 3) float RGB in [0, 1], "size" (N,) float, "position" (N, 2) float.
+    Geometry: x is right and y is UP; the object's centre in pixels is
+    cx = W/2 * (1 + 0.55 * x), cy = H/2 * (1 - 0.55 * y), and its radius (half
+    extent, the same for every shape) is r = 0.35 * size * W pixels.
+    scene "plain": flat grey (0.5) background and a fixed light from the upper
+    left. scene "ground": sky above a horizon, ground below, a soft shadow under
+    each object, and a light direction and brightness drawn per image.
+    light "unseen": a dimmer light from the right, outside the training variation.
+    clutter k: k smaller objects of other colors, drawn first, away from the main one.
+    Antialiased by rendering at twice the size and averaging 2x2 blocks.
+    """
+    _check("scene", scene, SHAPES_SCENES)
+    _check("light", light, (None, "unseen"))
+    if not (isinstance(clutter, int) and clutter >= 0):
+        raise ValueError(f"clutter must be a non-negative int, got {clutter!r}")
+    rng = np.random.default_rng(seed)
+    n, W, S = len(labels["shape"]), image_size, 2 * image_size
+    X, Y = np.meshgrid(np.arange(S) + 0.5, np.arange(S) + 0.5)  # (S, S) each, Y down
+    palette = np.array(list(COLORS.values()))  # (8, 3)
+    t = np.clip((Y / S - 0.45) / 0.55, -1, 1)[..., None]  # (S, S, 1): horizon at 45% of the height
+    sky = np.where(t < 0, (0.82, 0.84, 0.86) + t * (0.27, 0.16, 0.01), (0.56, 0.52, 0.47) - t * (0.16, 0.15, 0.14))
+    out = np.empty((n, W, W, 3), dtype=np.uint8)
+    for i in range(n):
+        L, gain = _unit(DEFAULT_LIGHT), 1.0
+        if light == "unseen":
+            L, gain = _unit(UNSEEN_LIGHT), UNSEEN_GAIN
+        elif scene == "ground":  # training variation: upper left to top, brightness +-15%
+            L, gain = _unit((rng.uniform(-0.75, -0.1), rng.uniform(0.65, 1.0), 0.35)), rng.uniform(0.85, 1.15)
+        x, y = labels["position"][i]
+        objs = [(int(labels["shape"][i]), labels["color"][i], S / 2 * (1 + 0.55 * x),
+                 S / 2 * (1 - 0.55 * y), 0.35 * float(labels["size"][i]) * S)]  # (shape, rgb, cx, cy, r)
+        others = palette[np.abs(palette - labels["color"][i]).max(1) > 0.05]  # colors unlike the main one
+        for _ in range(clutter):
+            r = 0.35 * rng.uniform(0.15, 0.3) * S
+            cands = S / 2 * (1 + 0.55 * rng.uniform(-1, 1, (20, 2)) * (1, -1))  # (20, 2) pixel centres
+            dist = np.hypot(*(cands - objs[0][2:4]).T)
+            far = dist >= objs[0][4] + r  # not touching the main object, if possible
+            cx, cy = cands[np.argmax(far) if far.any() else np.argmax(dist)]
+            objs.insert(0, (int(rng.integers(3)), others[rng.integers(len(others))], cx, cy, r))
+        img = np.full((S, S, 3), 0.5) if scene == "plain" else gain * sky
+        if scene == "ground":  # soft shadows on the ground, cast away from the light
+            for _, _, cx, cy, r in objs:
+                q = np.hypot((X - cx + L[0] * r) / (1.2 * r), (Y - cy - 0.9 * r) / (0.35 * r))
+                img *= 1 - 0.45 * np.clip(1.5 - q, 0, 1)[..., None]
+        for obj in objs:
+            _draw(img, X, Y, *obj, L, gain)
+        img = img.reshape(W, 2, W, 2, 3).mean((1, 3))  # (W, W, 3): 2x2 block average
+        out[i] = np.round(np.clip(img, 0, 1) * 255)
+    return out
+
+
+def make_shapes(n=20_000, seed=0, image_size=32, scene="plain", clutter=0, heldout=None, cache_dir="out-data"):
+    """n rendered images with shape, color, size and position labels, cached in cache_dir.
+
+    heldout: None, "colors" (HELDOUT_COLORS only: labels["color"] then index into
+    concepts["color"], which is the tuple of held-out names), "light" (scene
+    "ground" under the unseen light), "sizes" (size in HELDOUT_SIZES) or "shape"
+    (every object a cone: labels["shape"] is 3 and concepts["shape"] is
+    SHAPES + (HELDOUT_SHAPE,), so index k is the same shape in every variant).
+    ranges are the training ranges, also for heldout="sizes". Labels are drawn in
+    the same order for every variant, so one seed gives the same sizes and
+    positions with and without a held-out factor.
+    """
+    _check("heldout", heldout, SHAPES_HELDOUT)
+    _check("scene", scene, SHAPES_SCENES)
+    _check("image_size", image_size, SHAPES_IMAGE_SIZES)
+    names = tuple(HELDOUT_COLORS if heldout == "colors" else COLORS)
+    path = os.path.join(cache_dir, f"shapes_n{n}_s{seed}_{image_size}_{scene}_c{clutter}_{heldout or 'none'}.npz")
+    if os.path.exists(path):
+        with np.load(path) as f:
+            d = dict(f)
+    else:
+        rng = np.random.default_rng(seed)
+        d = {"shape": rng.integers(0, len(SHAPES), n), "color": rng.integers(0, len(names), n),
+             "size": rng.uniform(*(HELDOUT_SIZES if heldout == "sizes" else SIZE_RANGE), n),
+             "position": rng.uniform(*POSITION_RANGE, (n, 2))}
+        if heldout == "shape":
+            d["shape"][:] = len(SHAPES)
+        rgb = np.array([(HELDOUT_COLORS | COLORS)[k] for k in names])[d["color"]]  # (N, 3)
+        d["images"] = render_shapes({**d, "color": rgb}, image_size, "ground" if heldout == "light" else scene,
+                                    clutter, "unseen" if heldout == "light" else None, seed=int(rng.integers(2**31)))
+        os.makedirs(cache_dir, exist_ok=True)
+        tmp = f"{path[:-4]}.tmp{os.getpid()}.npz"  # atomic: readers never see half a file
+        np.savez(tmp, **d)
+        os.replace(tmp, path)
+    x = torch.from_numpy(d["images"]).permute(0, 3, 1, 2).float().div(255)  # (N, 3, H, W) in [0, 1]
+    labels = {"shape": torch.from_numpy(d["shape"]).long(), "color": torch.from_numpy(d["color"]).long(),
+              "size": torch.from_numpy(d["size"]).float()[:, None], "position": torch.from_numpy(d["position"]).float()}
+    concepts = {"shape": SHAPES + (HELDOUT_SHAPE,) if heldout == "shape" else SHAPES, "color": names,
+                "size": ("size",), "position": ("x", "y")}
+    return Dataset("shapes", x.contiguous(), labels, concepts, (0.0, 1.0),
+                   {"size": SIZE_RANGE, "position": POSITION_RANGE})
+
+
+DATASETS = {"toy2d": make_toy2d, "shapes": make_shapes}
 
 
 def load_dataset(name, **kwargs):

@@ -4,12 +4,17 @@ THE ENERGY CONVENTION (every file relies on it):
     p(x | c) is proportional to exp(-E(x | c)): lower energy means more likely.
     An energy function maps a batch x of shape (B, ...) to energies of shape (B,).
 
-A concept model is trained on one concept family (e.g. `vertical`) and is
-conditioned on the index of one of its values (0 = `top`, 1 = `bottom`).
+A concept model is trained on one concept family and conditioned on its value:
+the index of a discrete value (`vertical`: 0 = `top`, 1 = `bottom`) or the raw
+numbers of a continuous one (`size`: 0.45; `position`: (0.5, -0.3)).
 
-    from model import MLPConfig, MLPEnergy
+    from model import MLPConfig, MLPEnergy, ImageConfig, ImageEnergy
     net = MLPEnergy(MLPConfig(n_values=2))
     e = net(x, c)            # x (B, 2), c (B,) long (or () for all) -> e (B,)
+    net = ImageEnergy(ImageConfig(**IMAGE_PRESETS["shapes32"], n_values=8))
+    e = net(x, c)            # x (B, 3, 32, 32) in [0, 1], c (B,) long -> e (B,)
+    net = ImageEnergy(ImageConfig(**IMAGE_PRESETS["shapes32"], cond_dim=2))
+    e = net(x, c)            # c (B, 2) float (or (2,) for all): a position
 
     net, ckpt = load_checkpoint("out-toy2d/vertical.pt")   # weights_only=True
 
@@ -69,7 +74,114 @@ class MLPEnergy(nn.Module):
         return self.out(h).squeeze(-1)  # (B,)
 
 
-MODELS = {"mlp": (MLPConfig, MLPEnergy)}
+# ----------------------------------------------------------------------------
+# images
+
+# Sizes of the image network. `shapes32` is small enough to train on two CPU
+# cores; the other two are the paper's (appendix A.3 and the released code):
+# 64x64 scenes and 128x128 CelebA, for a GPU.
+IMAGE_PRESETS = {
+    "shapes32": dict(image_size=32, channels=(16, 32, 64, 64), pool="sum"),
+    "scenes64": dict(image_size=64, channels=(64, 64, 128, 128, 256), pool="mean"),
+    "celeba128": dict(image_size=128, channels=(64, 64, 128, 256, 512, 512), pool="sum"),
+}
+
+
+@dataclass
+class ImageConfig:
+    image_size: int = 32
+    channels: tuple = (16, 32, 64, 64)  # a residual block per entry; every block but the first starts at half the resolution
+    pool: str = "sum"  # global pooling of the last block: "sum" or "mean"
+    coords: bool = True  # append x, y coordinate channels to the image (see ImageEnergy)
+    n_values: int = 0  # a discrete concept: how many values (encoded one-hot)
+    cond_dim: int = 0  # a continuous concept: how many numbers (1: a size, 2: a position)
+    cond_low: float = -1.0  # the range of a continuous concept's numbers, mapped to [-1, 1]
+    cond_high: float = 1.0
+
+
+class FiLMBlock(nn.Module):
+    """A pre-activation residual block whose first conv is modulated by the concept:
+        h = conv1(swish(x)) * (1 + gain_c) + bias_c;   out = skip(x) + conv2(swish(h))
+    Both convs are spectrally normalised: each is at most 1-Lipschitz, so the energy
+    cannot grow arbitrarily steep, which keeps Langevin steps and training stable."""
+
+    def __init__(self, c_in, c_out, cond_dim):
+        super().__init__()
+        sn = nn.utils.parametrizations.spectral_norm
+        self.conv1 = sn(nn.Conv2d(c_in, c_out, 3, padding=1))
+        self.conv2 = sn(nn.Conv2d(c_out, c_out, 3, padding=1))
+        self.skip = nn.Conv2d(c_in, c_out, 1, bias=False) if c_in != c_out else nn.Identity()
+        self.film = nn.Linear(cond_dim, 2 * c_out)  # concept vector -> (gain, bias) per channel
+        nn.init.zeros_(self.film.weight)  # start unmodulated
+        nn.init.zeros_(self.film.bias)
+
+    def forward(self, x, cond):
+        # x: (B, C_in, H, W); cond: (B or 1, cond_dim)
+        gain, bias = self.film(cond)[:, :, None, None].chunk(2, dim=1)  # (B or 1, C_out, 1, 1) each
+        h = torch.addcmul(bias, self.conv1(F.silu(x)), 1 + gain)  # (B, C_out, H, W)
+        return self.skip(x) + self.conv2(F.silu(h))
+
+
+class ImageEnergy(nn.Module):
+    """E(x | c) for images: a spectrally normalised ResNet with Swish and FiLM.
+
+    3x3 conv stem -> residual blocks (each after the first preceded by a 2x
+    average pool) -> Swish -> global pooling -> linear -> one energy. The concept
+    vector (one-hot for a discrete value, the numbers mapped to [-1, 1] for a
+    continuous one) sets a per-channel gain and bias in every block.
+
+    Why coordinate channels: convolutions and global pooling cannot see where
+    something is, only what it is; a position concept needs absolute place, so
+    two channels holding x and y (CoordConv, Liu et al. 2018) go in with the image.
+    Why sum pooling for small images: under spectral normalisation every average
+    pool divides the input gradient by 4; a sum over the final map undoes some of
+    that, so Langevin moves pixels with moderate step sizes.
+    On a CPU the network runs in channels_last memory format (faster convolutions).
+    """
+
+    def __init__(self, cfg: ImageConfig):
+        super().__init__()
+        if (cfg.n_values > 0) == (cfg.cond_dim > 0):
+            raise ValueError(f"an image model needs either n_values (discrete) or cond_dim (continuous), "
+                             f"got n_values={cfg.n_values}, cond_dim={cfg.cond_dim}")
+        if cfg.pool not in ("sum", "mean"):
+            raise ValueError(f"pool must be 'sum' or 'mean', got {cfg.pool!r}")
+        self.cfg = cfg
+        ch = list(cfg.channels)
+        cond_dim = cfg.n_values or cfg.cond_dim
+        self.stem = nn.utils.parametrizations.spectral_norm(nn.Conv2d(3 + 2 * cfg.coords, ch[0], 3, padding=1))
+        self.blocks = nn.ModuleList(FiLMBlock(a, b, cond_dim) for a, b in zip([ch[0]] + ch[:-1], ch))
+        self.out = nn.Linear(ch[-1], 1)  # not normalised: it sets the energy's scale
+        lin = torch.linspace(-1, 1, cfg.image_size)
+        self.register_buffer("grid", torch.stack(torch.meshgrid(lin, -lin, indexing="xy"))[None], persistent=False)  # (1, 2, H, W): x right, y up
+
+    def concept_vector(self, c):
+        """Value indices (B,) or () -> one-hot (B or 1, n); numbers (B, d) or (d,) -> (B or 1, d) in [-1, 1]."""
+        if self.cfg.n_values:
+            return F.one_hot(c.reshape(-1), self.cfg.n_values).float()
+        lo, hi = self.cfg.cond_low, self.cfg.cond_high
+        return (2 * (c.float() - lo) / (hi - lo) - 1).reshape(-1, self.cfg.cond_dim)
+
+    def forward(self, x, c):
+        # x: (B, 3, H, W) in [0, 1]; c: see concept_vector
+        if x.shape[-1] != self.cfg.image_size or x.shape[-2] != self.cfg.image_size:
+            raise ValueError(f"this model takes {self.cfg.image_size}x{self.cfg.image_size} images, "
+                             f"got {tuple(x.shape[-2:])}")
+        cond = self.concept_vector(c)  # (B or 1, cond_dim)
+        x = 2 * x - 1  # centred on 0
+        if self.cfg.coords:
+            x = torch.cat([x, self.grid.expand(len(x), -1, -1, -1)], 1)  # (B, 5, H, W)
+        if x.device.type == "cpu":
+            x = x.contiguous(memory_format=torch.channels_last)
+        h = self.stem(x)  # (B, C0, H, W)
+        for i, block in enumerate(self.blocks):
+            h = block(F.avg_pool2d(h, 2) if i else h, cond)  # (B, C_i, H / 2^i, W / 2^i)
+        h = F.silu(h)
+        h = h.sum((2, 3)) if self.cfg.pool == "sum" else h.mean((2, 3))  # (B, C_last)
+        return self.out(h).squeeze(-1)  # (B,)
+
+
+MODELS = {"mlp": (MLPConfig, MLPEnergy), "image": (ImageConfig, ImageEnergy)}
 
 
 def build_model(kind, **kwargs):

@@ -272,7 +272,7 @@ def test_compose_cli_writes_samples_figure_and_gif(tiny_run, tmp_path):
     (["top", "--num", "many"], "invalid int value: 'many'"),
     (["top", "--ckpt_dir", "no-such-folder"], "checkpoint folder no-such-folder does not exist"),
     (["top", "--bogus", "1"], "unrecognized arguments: --bogus"),
-    (["top", "--save", "x.png"], "--save must name an .npz file, got 'x.png'"),
+    (["top", "--save", "x.jpg"], "--save must name an .npz file (samples and a .png beside it) or a .png"),
     (["top & bottom"], "selects no toy2d mode"),
 ])
 def test_compose_cli_errors(tiny_run, args, message):

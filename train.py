@@ -37,9 +37,9 @@ from dataclasses import dataclass
 
 import torch
 
-from compose import format_table, load_concepts, sampling_settings, toy2d_report
+from compose import format_table, load_concepts, sampling_settings, save_image_grid, toy2d_report
 from data import load_dataset
-from model import build_model, load_checkpoint, model_args
+from model import IMAGE_PRESETS, build_model, load_checkpoint, model_args
 from sampler import ReplayBuffer, langevin
 
 
@@ -54,10 +54,12 @@ class Config:
     workers: int = 0  # families trained side by side; 0: all of them (CPU, at most 8), 1 (CUDA)
     # data
     n_data: int = 50_000
+    image_size: int = 32  # image datasets: 32 or 64
     # model
-    hidden: int = 128
+    hidden: int = 128  # mlp (2D data)
     depth: int = 3
     n_freqs: int = 4
+    preset: str = "shapes32"  # image data: a size from model.IMAGE_PRESETS
     # optimisation
     max_iters: int = 3000
     batch_size: int = 128
@@ -73,18 +75,33 @@ class Config:
     reinit_prob: float = 0.05
     reinit_from_data: float = 1.0  # share of restarted chains that start near a data point, not noise
     reinit_noise: float = 0.5  # std of the perturbation of those data points
+    reinit_any: bool = False  # restart from a data point of ANY concept value, not the chain's own
     # Langevin for compositions after training (compose.py reads these from the checkpoint)
     eval_steps: int = 200
     eval_anneal: float = 20.0
     # bookkeeping
     log_interval: int = 100
     ckpt_interval: int = 250
+    sample_interval: int = 500  # image data: a grid of the chains every that many iterations
+    snapshots: bool = False  # also keep the weights of every checkpoint in <out_dir>/snapshots/
+
+
+# Per-dataset defaults, applied before the command line. Images want a cold,
+# large-step sampler (the released code: step 10-100, noise 0.005, clipped to
+# [0, 1]), fewer Langevin steps per iteration and many more iterations.
+DATASET_DEFAULTS = {
+    "shapes": dict(n_data=20_000, max_iters=4000, batch_size=64, lr=1e-3, min_lr_ratio=0.1, l2=0.1,
+                   steps=10, step_size=20.0, noise_scale=0.005, grad_clip=0.01, buffer_size=5000,
+                   reinit_prob=0.05, reinit_from_data=0.5, reinit_noise=0.1, reinit_any=True,
+                   eval_steps=200, eval_anneal=1.0, log_interval=50, ckpt_interval=250, snapshots=True),
+}
 
 
 def parse_config(argv):
-    """Config from `--key value` / `--key=value` pairs; unknown keys and bad values are errors."""
-    cfg, fields = Config(), {f.name: f for f in dataclasses.fields(Config)}
-    i = 0
+    """Config from `--key value` / `--key=value` pairs over the dataset's defaults;
+    unknown keys and bad values are errors."""
+    fields = {f.name: f for f in dataclasses.fields(Config)}
+    given, i = {}, 0
     while i < len(argv):
         arg = argv[i]
         if not arg.startswith("--"):
@@ -92,7 +109,7 @@ def parse_config(argv):
         key, eq, value = arg[2:].partition("=")
         if key not in fields:
             raise ValueError(f"unknown setting --{key}; known settings: {', '.join('--' + k for k in fields)}")
-        kind = type(getattr(cfg, key))
+        kind = type(fields[key].default)
         if not eq:  # value is the next argument, except for a bare boolean flag
             if kind is bool and (i + 1 == len(argv) or argv[i + 1].startswith("--")):
                 value = "true"
@@ -109,11 +126,15 @@ def parse_config(argv):
                 value = kind(value)
         except ValueError:
             raise ValueError(f"bad value {value!r} for --{key}: expected {kind.__name__}") from None
-        setattr(cfg, key, value)
+        given[key] = value
         i += 1
-    for key in ("max_iters", "batch_size", "steps", "buffer_size", "n_data", "log_interval", "ckpt_interval"):
+    cfg = Config(**{**DATASET_DEFAULTS.get(given.get("dataset", Config.dataset), {}), **given})
+    for key in ("max_iters", "batch_size", "steps", "buffer_size", "n_data", "log_interval", "ckpt_interval",
+                "sample_interval"):
         if getattr(cfg, key) < 1:
             raise ValueError(f"--{key} must be at least 1, got {getattr(cfg, key)}")
+    if cfg.preset not in IMAGE_PRESETS:
+        raise ValueError(f"unknown --preset {cfg.preset!r}; known presets: {', '.join(IMAGE_PRESETS)}")
     cfg.out_dir = cfg.out_dir or f"out-{cfg.dataset}"
     return cfg
 
@@ -125,49 +146,77 @@ def save_checkpoint(obj, path):
     os.replace(tmp, path)
 
 
+def build_concept_model(cfg, ds, family):
+    """The network for one family: an MLP for 2D points, the image ResNet for images."""
+    lo, hi = ds.data_range
+    if ds.x.dim() == 2:
+        return build_model("mlp", in_dim=ds.x.shape[1], n_freqs=cfg.n_freqs, x_scale=max(abs(lo), abs(hi)),
+                           hidden=cfg.hidden, depth=cfg.depth, n_values=len(ds.concepts[family]))
+    preset = dict(IMAGE_PRESETS[cfg.preset], image_size=ds.x.shape[-1])
+    if family in ds.ranges:  # continuous: the numbers themselves condition the model
+        low, high = ds.ranges[family]
+        return build_model("image", **preset, cond_dim=len(ds.concepts[family]), cond_low=low, cond_high=high)
+    return build_model("image", **preset, n_values=len(ds.concepts[family]))
+
+
 def train_concept(cfg, ds, family, device, iters_after=0):
     """Train one concept model on `family`; iters_after: iterations still queued after it (for the ETA)."""
     path = os.path.join(cfg.out_dir, f"{family}.pt")
-    x_data, c_data = ds.x.to(device), ds.labels[family].to(device)  # (N, ...), (N,)
+    x_data, c_data = ds.x.to(device), ds.labels[family].to(device)  # (N, ...), (N,) or (N, d)
     lo, hi = ds.data_range
-    net = build_model("mlp", in_dim=ds.x.shape[1], n_freqs=cfg.n_freqs, x_scale=max(abs(lo), abs(hi)),
-                      hidden=cfg.hidden, depth=cfg.depth, n_values=len(ds.concepts[family])).to(device)
+    continuous = family in ds.ranges
+    net = build_concept_model(cfg, ds, family).to(device)
+    if ds.x.dim() == 4 and device == "cpu":
+        net = net.to(memory_format=torch.channels_last)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, betas=(0.0, 0.999))
-    buffer = ReplayBuffer(cfg.buffer_size, ds.x.shape[1:], reinit_prob=cfg.reinit_prob, device=device)
-    step = 0
+    buffer = ReplayBuffer(cfg.buffer_size, ds.x.shape[1:], c_data.shape[1:], c_data.dtype,
+                          reinit_prob=cfg.reinit_prob, device=device)
+    step, elapsed = 0, 0.0  # iterations done, seconds spent on them (over resumed runs)
     if cfg.resume and os.path.exists(path):
         _, ckpt = load_checkpoint(path, device)
         net.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         buffer.load_state_dict(ckpt["buffer"])
         torch.set_rng_state(ckpt["rng"])
-        step = ckpt["step"]
+        step, elapsed = ckpt["step"], ckpt["elapsed"]
         print(f"[{family}] resumed from {path} at step {step}")
     if step >= cfg.max_iters:
         print(f"[{family}] already trained ({step} iterations)")
         return
 
     def checkpoint():
-        # each value's mean energy on (up to 1024 of) its data: compose.py's negation needs it
+        # the typical energy of each value on (up to 1024 of) its data: compose.py's negation
+        # needs it; a continuous family has one, over all its data
         with torch.no_grad():
-            data_energy = [net(x_data[c_data == v][:1024], torch.tensor(v, device=device)).mean().item()
-                           for v in range(len(ds.concepts[family]))]
-        save_checkpoint({"model": net.state_dict(), "model_args": model_args(net), "family": family,
-                         "values": list(ds.concepts[family]), "encoding": "index", "data_energy": data_energy,
-                         "optimizer": opt.state_dict(), "step": step, "buffer": buffer.state_dict(),
-                         "rng": torch.get_rng_state(), "config": run_config(cfg, ds)}, path)
+            groups = [torch.arange(min(1024, len(x_data)))] if continuous else \
+                [torch.nonzero(c_data == v).squeeze(1)[:1024] for v in range(len(ds.concepts[family]))]
+            data_energy = [torch.cat([net(x_data[i], c_data[i]) for i in g.split(256)]).mean().item() for g in groups]
+        ckpt = {"model": net.state_dict(), "model_args": model_args(net), "family": family,
+                "values": list(ds.concepts[family]), "encoding": "numbers" if continuous else "index",
+                "range": list(ds.ranges.get(family, ())), "data_energy": data_energy,
+                "optimizer": opt.state_dict(), "step": step, "buffer": buffer.state_dict(),
+                "rng": torch.get_rng_state(), "elapsed": elapsed + time.time() - t0, "config": run_config(cfg, ds)}
+        save_checkpoint(ckpt, path)
+        if cfg.snapshots:  # the weights alone, to measure quality against training time afterwards
+            os.makedirs(os.path.join(cfg.out_dir, "snapshots"), exist_ok=True)
+            light = {k: v for k, v in ckpt.items() if k not in ("optimizer", "buffer", "rng")}
+            save_checkpoint(light, os.path.join(cfg.out_dir, "snapshots", f"{family}_{step:06d}.pt"))
 
     t0, step0 = time.time(), step
     while step < cfg.max_iters:
         idx = torch.randint(len(x_data), (cfg.batch_size,), device=device)
-        x_pos, c_pos = x_data[idx], c_data[idx]  # (B, 2), (B,)
-        # where restarted chains start: uniform noise, or a perturbed data point of their concept
-        x_new = lo + (hi - lo) * torch.rand_like(x_pos)  # (B, 2)
+        x_pos, c_pos = x_data[idx], c_data[idx]  # (B, ...), (B,) or (B, d)
+        # where restarted chains start: uniform noise, or a perturbed data point: of the
+        # chain's own concept, or (reinit_any) of any, so the chain must turn it into its concept
+        x_new = lo + (hi - lo) * torch.rand_like(x_pos)  # (B, ...)
         near = torch.rand(cfg.batch_size, device=device) < cfg.reinit_from_data
-        x_new[near] = x_pos[near] + cfg.reinit_noise * torch.randn_like(x_pos[near])
-        x_neg, c_neg, slots, _ = buffer.sample(x_new, c_pos)  # (B, 2), (B,)
-        x_neg = langevin(lambda x: net(x, c_neg), x_neg, cfg.steps, cfg.step_size, cfg.noise_scale,
-                         clamp=(lo, hi), grad_clip=cfg.grad_clip)
+        x_start = x_data[torch.randint(len(x_data), (cfg.batch_size,), device=device)] if cfg.reinit_any else x_pos
+        x_new[near] = (x_start[near] + cfg.reinit_noise * torch.randn_like(x_pos[near])).clamp(lo, hi)
+        x_neg, c_neg, slots, _ = buffer.sample(x_new, c_pos)
+        # the weights do not change during the chain: spectral norm's W / sigma is computed once
+        with torch.nn.utils.parametrize.cached():
+            x_neg = langevin(lambda x: net(x, c_neg), x_neg, cfg.steps, cfg.step_size, cfg.noise_scale,
+                             clamp=(lo, hi), grad_clip=cfg.grad_clip)
         buffer.update(slots, x_neg, c_neg)
         e = net(torch.cat([x_pos, x_neg]), torch.cat([c_pos, c_neg]))  # (2B,): one forward for both
         e_pos, e_neg = e[: cfg.batch_size], e[cfg.batch_size:]
@@ -189,6 +238,9 @@ def train_concept(cfg, ds, family, device, iters_after=0):
             print(f"[{family}] iter {step:>5}/{cfg.max_iters} | loss {loss.item():+.4f} | "
                   f"E+ {e_pos.mean().item():+.3f} | E- {e_neg.mean().item():+.3f} | "
                   f"{rate:.1f} it/s | left {left / 60:.1f} min", flush=True)
+        if x_data.dim() == 4 and (step % cfg.sample_interval == 0 or step == cfg.max_iters):
+            grid = os.path.join(cfg.out_dir, f"{family}_samples.png")
+            save_image_grid(x_neg[:64], grid, title=f"{family}: replay-buffer chains, iteration {step}")
         if step % cfg.ckpt_interval == 0 or step == cfg.max_iters:
             checkpoint()
     print(f"[{family}] wrote {path}")
@@ -198,8 +250,14 @@ def train_worker(cfg, family, device, threads):
     """One family in its own process (see main)."""
     torch.set_num_threads(threads)
     torch.manual_seed(cfg.seed + sum(map(ord, family)))
-    ds = load_dataset(cfg.dataset, n=cfg.n_data, seed=cfg.seed)
-    train_concept(cfg, ds, family, device)
+    train_concept(cfg, dataset_for(cfg), family, device)
+
+
+def dataset_for(cfg):
+    """The run's training data (image datasets take an image size)."""
+    if cfg.dataset == "toy2d":
+        return load_dataset(cfg.dataset, n=cfg.n_data, seed=cfg.seed)
+    return load_dataset(cfg.dataset, n=cfg.n_data, seed=cfg.seed, image_size=cfg.image_size)
 
 
 def run_config(cfg, ds):
@@ -211,14 +269,15 @@ def main(argv):
     cfg = parse_config(argv)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
     torch.manual_seed(cfg.seed)
-    ds = load_dataset(cfg.dataset, n=cfg.n_data, seed=cfg.seed)
+    ds = dataset_for(cfg)
     families = [cfg.concept] if cfg.concept else list(ds.concepts)
     for fam in families:
         if fam not in ds.concepts:
             raise ValueError(f"unknown concept family {fam!r} for {cfg.dataset}; known: {', '.join(ds.concepts)}")
     os.makedirs(cfg.out_dir, exist_ok=True)
     t0 = time.time()
-    workers = cfg.workers or (min(len(families), 8) if device == "cpu" else 1)
+    small = ds.x.dim() == 2  # 2D points: tiny models, one process each (below); images use every core
+    workers = cfg.workers or (min(len(families), 8) if device == "cpu" and small else 1)
     if workers > 1:
         # Small models on a CPU are bound by Python and kernel launches, not arithmetic:
         # one single-threaded process per family trains them side by side ~2x faster.
