@@ -3,6 +3,10 @@
     python bench.py                # Langevin step cost against a bare forward + input-gradient pass,
                                    # and the composition sampler on the exact toy2d energies
     python bench.py --toy2d 3      # also: train toy2d 3 times; median time and quality figures
+    python bench.py --shapes checkpoints/shapes   # composition accuracy by the judge, 256 samples
+                                   # per expression, next to the judge's score on noise; a figure
+    python bench.py --curve out-shapes            # accuracy against training time, from the
+                                   # snapshots train.py keeps for image data
 
 Timings are medians over repeats, and every ratio is taken against a baseline
 measured in the same run, on the same machine, at the same moment.
@@ -122,11 +126,104 @@ def bench_toy2d(runs):
         print(f"{expr:<26} {statistics.median(p):>15.3f} {min(p):>8.3f} {statistics.median(tv):>14.3f} {max(tv):>7.3f}")
 
 
+# Figure 3(b) analog: one more concept per row; then the other operators and two objects (Figure 5)
+SHAPES_SUITE = ["cube", "cube & red", "cube & red & size=0.6", "cube & red & size=0.6 & position=(0.5,-0.3)",
+                "sphere", "sphere & blue", "sphere & blue & size=0.4", "sphere & blue & size=0.4 & position=(-0.5,0.5)",
+                "green", "size=0.65", "position=(-0.5,-0.5)", "cylinder & yellow & position=(0,0.5)",
+                "sphere & ~red", "red | blue",
+                "position=(-0.5,0) & position=(0.5,0)", "position=(0,0) & position=(0.1,0)"]
+SHAPES_TARGETS = {1: 0.90, 2: 0.75, 3: 0.60, 4: 0.50}  # by number of concepts (the issue's)
+
+
+def n_concepts(text):
+    """How many concepts an expression names: 'cube & size=0.6' -> 2."""
+    return len(re.findall(r"[A-Za-z_]+", text))
+
+
+def bench_shapes(ckpt_dir, n=256, figure="assets/shapes_compose.png", steps=None):
+    """Sample every expression of SHAPES_SUITE, judge it, print the table, draw 8 samples per row."""
+    from compose import image_grid, load_concepts, sampling_settings
+    from infer import load_judge, score
+    concepts = load_concepts(ckpt_dir)
+    settings = sampling_settings(next(iter(concepts.values())).config, steps=steps)
+    judge, _ = load_judge(os.path.join(ckpt_dir, "judge.pt"))
+    noise = torch.rand(n, *settings["x_shape"], generator=torch.Generator().manual_seed(0))
+    rows, pictures = [], []
+    print(f"{'expression':<48} {'accuracy':>8} {'noise':>6}  target   ({n} samples, {settings['steps']} steps)")
+    for text in SHAPES_SUITE:
+        t0 = time.time()
+        expr = parse(text, concepts)
+        x = sample(expr, n, settings, seed=0)
+        acc, _ = score(expr, x, judge)
+        base, _ = score(expr, noise, judge)
+        target = 0.8 if text.count("position") == 2 else SHAPES_TARGETS[n_concepts(text)]
+        rows.append((text, acc, base))
+        pictures.append(x[:8])
+        ok = " ok" if acc >= target else " MISSED"
+        print(f"{text:<48} {acc:>8.3f} {base:>6.3f}  >={target:.2f}{ok}   {time.time() - t0:.0f} s", flush=True)
+    if figure:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        fig, axes = plt.subplots(len(rows), 1, figsize=(8, 1.25 * len(rows)))
+        for ax, (text, acc, base), x in zip(axes, rows, pictures):
+            ax.imshow(image_grid(x, nrow=8))
+            ax.set_axis_off()
+            ax.set_title(f"{text}   (judge: {acc:.2f}, noise {base:.2f})", fontsize=8, loc="left")
+        fig.tight_layout()
+        fig.savefig(figure, dpi=110)
+        print(f"wrote {figure}")
+    return rows
+
+
+def bench_curve(out_dir, n=128, steps=None):
+    """Accuracy of each concept model against its training time: every snapshot in
+    <out_dir>/snapshots samples n images of values drawn from the data, the judge reads them."""
+    import glob
+    from compose import Family, load_concepts, sampling_settings
+    from data import load_dataset
+    from infer import load_judge, predict, POSITION_TOL, SIZE_TOL
+    from model import load_checkpoint
+    judge, _ = load_judge()
+    paths = sorted(glob.glob(os.path.join(out_dir, "snapshots", "*.pt")))
+    if not paths:
+        sys.exit(f"no snapshots in {out_dir}/snapshots (train.py keeps them with --snapshots, the shapes default)")
+    labels = load_dataset("shapes", n=n, seed=123).labels  # the values to ask for
+    print(f"{'snapshot':<28} {'minutes':>7} {'accuracy':>8}   ({n} samples, values drawn from the data)")
+    for path in paths:
+        net, ckpt = load_checkpoint(path)
+        fam, cfg = ckpt["family"], ckpt["config"]
+        settings = sampling_settings(cfg, steps=steps)
+        c = labels[fam]  # (n,) or (n, d)
+        lo, hi = settings["data_range"]
+        x0 = lo + (hi - lo) * torch.rand(n, *settings["x_shape"], generator=torch.Generator().manual_seed(0))
+        with torch.nn.utils.parametrize.cached():
+            x = langevin(lambda x: net(x, c), x0, settings["steps"], settings["step_size"], settings["noise_scale"],
+                         clamp=(lo, hi), grad_clip=settings["grad_clip"])
+        p = predict(judge, x)[fam]
+        if fam in ("shape", "color"):
+            ok = p == c
+        elif fam == "size":
+            ok = (p - c[:, 0]).abs() <= SIZE_TOL
+        else:
+            ok = (p - c).norm(dim=1) <= POSITION_TOL
+        print(f"{os.path.basename(path):<28} {ckpt['elapsed'] / 60:>7.1f} {ok.float().mean().item():>8.3f}", flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)
     ap.add_argument("--toy2d", type=int, default=0, metavar="RUNS", help="train toy2d RUNS times")
+    ap.add_argument("--shapes", metavar="CKPT_DIR", help="judge compositions of these shapes models")
+    ap.add_argument("--curve", metavar="OUT_DIR", help="accuracy against training time of a shapes run")
+    ap.add_argument("--steps", type=int, default=None, help="Langevin steps for --shapes / --curve")
     args = ap.parse_args()
     os.chdir(os.path.dirname(os.path.abspath(__file__)))
+    if args.shapes or args.curve:  # image benchmarks only
+        if args.curve:
+            bench_curve(args.curve, steps=args.steps)
+        if args.shapes:
+            bench_shapes(args.shapes, steps=args.steps)
+        return
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     t = bench_langevin_step()
     print(f"{'per step, batch 1024, toy MLP':<32} {'ms':>8}")

@@ -74,6 +74,9 @@ class Concept(Energy):
         c = torch.tensor(self.value, device=x.device)  # () or (d,): one concept for the whole batch
         return self.model(x, c)  # (B,)
 
+    def __repr__(self):
+        return self.name
+
 
 class Family:
     """A continuous concept family (`size`, `position`): `size=0.6` picks a Concept of it."""
@@ -93,9 +96,6 @@ class Family:
             if not self.low <= v <= self.high:
                 raise ValueError(f"{shown} is out of range: {self.name} takes values in [{self.low:g}, {self.high:g}]")
         return Concept(self.model, self.name, [float(v) for v in numbers], shown, self.data_energy)
-
-    def __repr__(self):
-        return self.name
 
     def __repr__(self):
         return self.name
@@ -272,9 +272,9 @@ def load_concepts(ckpt_dir, device="cpu"):
         raise FileNotFoundError(f"checkpoint folder {ckpt_dir} holds no checkpoint (*.pt)")
     concepts, first = {}, None
     for path in paths:
-        net, ckpt = load_checkpoint(path, device)
-        if "family" not in ckpt:  # e.g. a judge next to the concept models
+        if os.path.basename(path) == "judge.pt":  # the judge (infer.py) is not a concept model
             continue
+        net, ckpt = load_checkpoint(path, device)
         cfg = ckpt["config"]
         data = (cfg["dataset"], tuple(cfg["x_shape"]))
         first = first or (path, data)

@@ -21,6 +21,7 @@ numbers of a continuous one (`size`: 0.45; `position`: (0.5, -0.3)).
 This file imports nothing from the project.
 """
 import math
+import os
 from dataclasses import asdict, dataclass
 
 import torch
@@ -196,6 +197,13 @@ def model_args(net):
     """What a checkpoint stores to rebuild `net`: its kind and its config's fields."""
     kind = next(k for k, (_, net_cls) in MODELS.items() if isinstance(net, net_cls))
     return {"kind": kind, **asdict(net.cfg)}
+
+
+def save_checkpoint(obj, path):
+    """Write atomically: a run killed mid-write leaves the previous checkpoint intact."""
+    tmp = path + ".tmp"
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
 
 
 def load_checkpoint(path, device="cpu"):

@@ -12,7 +12,7 @@ import compose
 import train
 from compose import And, Concept, Not, Or, exact_weights, parse, toy2d_quality
 from data import TOY2D_STD, load_dataset, make_toy2d, toy2d_modes
-from model import build_model, load_checkpoint
+from model import build_model, load_checkpoint, save_checkpoint
 from sampler import ReplayBuffer, langevin
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -309,14 +309,14 @@ def test_config_accepts_both_spellings():
 
 def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     path = str(tmp_path / "m.pt")
-    train.save_checkpoint({"step": 1}, path)
+    save_checkpoint({"step": 1}, path)
 
     def crash(obj, f):  # a run killed halfway through writing
         open(f, "wb").write(b"half a file")
         raise KeyboardInterrupt
     monkeypatch.setattr(torch, "save", crash)
     with pytest.raises(KeyboardInterrupt):
-        train.save_checkpoint({"step": 2}, path)
+        save_checkpoint({"step": 2}, path)
     assert torch.load(path, weights_only=True) == {"step": 1}
 
 

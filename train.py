@@ -39,7 +39,7 @@ import torch
 
 from compose import format_table, load_concepts, sampling_settings, save_image_grid, toy2d_report
 from data import load_dataset
-from model import IMAGE_PRESETS, build_model, load_checkpoint, model_args
+from model import IMAGE_PRESETS, build_model, load_checkpoint, model_args, save_checkpoint
 from sampler import ReplayBuffer, langevin
 
 
@@ -139,13 +139,6 @@ def parse_config(argv):
     return cfg
 
 
-def save_checkpoint(obj, path):
-    """Write atomically: a run killed mid-write leaves the previous checkpoint intact."""
-    tmp = path + ".tmp"
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 def build_concept_model(cfg, ds, family):
     """The network for one family: an MLP for 2D points, the image ResNet for images."""
     lo, hi = ds.data_range
@@ -239,8 +232,9 @@ def train_concept(cfg, ds, family, device, iters_after=0):
                   f"E+ {e_pos.mean().item():+.3f} | E- {e_neg.mean().item():+.3f} | "
                   f"{rate:.1f} it/s | left {left / 60:.1f} min", flush=True)
         if x_data.dim() == 4 and (step % cfg.sample_interval == 0 or step == cfg.max_iters):
-            grid = os.path.join(cfg.out_dir, f"{family}_samples.png")
-            save_image_grid(x_neg[:64], grid, title=f"{family}: replay-buffer chains, iteration {step}")
+            # the chains just advanced, grouped by concept value (continuous: by first number)
+            order = (c_neg if c_neg.dim() == 1 else c_neg[:, 0]).argsort()[:64]
+            save_image_grid(x_neg[order], os.path.join(cfg.out_dir, f"{family}_samples.png"))
         if step % cfg.ckpt_interval == 0 or step == cfg.max_iters:
             checkpoint()
     print(f"[{family}] wrote {path}")
