@@ -131,7 +131,7 @@ SHAPES_SUITE = ["cube", "cube & red", "cube & red & size=0.6", "cube & red & siz
                 "sphere", "sphere & blue", "sphere & blue & size=0.4", "sphere & blue & size=0.4 & position=(-0.5,0.5)",
                 "green", "size=0.65", "position=(-0.5,-0.5)", "cylinder & yellow & position=(0,0.5)",
                 "sphere & ~red", "red | blue",
-                "position=(-0.5,0) & position=(0.5,0)", "position=(0,0) & position=(0.1,0)"]
+                "position=(-0.6,-0.6) & position=(0.6,0.6)", "position=(0,0) & position=(0.1,0)"]
 SHAPES_TARGETS = {1: 0.90, 2: 0.75, 3: 0.60, 4: 0.50}  # by number of concepts (the issue's)
 
 

@@ -7,14 +7,15 @@ based inference is compared against.
 
     python infer.py --train_judge                      # ~5 min on 2 CPU cores -> checkpoints/shapes/judge.pt
     python infer.py --score "sphere & blue" --samples out/x.npz
-    python infer.py --score "position=(-0.5,0) & position=(0.5,0)" --samples out/two.npz
+    python infer.py --score "position=(-0.5,-0.5) & position=(0.5,0.5)" --samples out/two.npz
 
 `--score` judges every sample against every concept of the expression and
 prints, last, `accuracy X`: the share of samples in which the whole expression
 holds (`&`: all, `|`: any, `~`: not). A size holds within 0.1, a position within
 0.15. An expression with two or more positions asks for that many objects
 (paper Figure 5): it is judged by counting the saturated blobs on the grey
-background and placing them (`blobs`). Each score is printed next to the same
+background and placing them (`blobs`); two objects that touch make one blob,
+so ask for places far enough apart for the objects' sizes. Each score is printed next to the same
 score on uniform-noise images: what a generator that learned nothing gets.
 """
 import argparse

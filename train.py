@@ -55,6 +55,7 @@ class Config:
     # data
     n_data: int = 50_000
     image_size: int = 32  # image datasets: 32 or 64
+    data_dir: str = "out-data"  # where rendered datasets are cached
     # model
     hidden: int = 128  # mlp (2D data)
     depth: int = 3
@@ -233,8 +234,8 @@ def train_concept(cfg, ds, family, device, iters_after=0):
                   f"{rate:.1f} it/s | left {left / 60:.1f} min", flush=True)
         if x_data.dim() == 4 and (step % cfg.sample_interval == 0 or step == cfg.max_iters):
             # the chains just advanced, grouped by concept value (continuous: by first number)
-            order = (c_neg if c_neg.dim() == 1 else c_neg[:, 0]).argsort()[:64]
-            save_image_grid(x_neg[order], os.path.join(cfg.out_dir, f"{family}_samples.png"))
+            c_show = c_neg[:64] if c_neg.dim() == 1 else c_neg[:64, 0]
+            save_image_grid(x_neg[:64][c_show.argsort()], os.path.join(cfg.out_dir, f"{family}_samples.png"))
         if step % cfg.ckpt_interval == 0 or step == cfg.max_iters:
             checkpoint()
     print(f"[{family}] wrote {path}")
@@ -251,7 +252,7 @@ def dataset_for(cfg):
     """The run's training data (image datasets take an image size)."""
     if cfg.dataset == "toy2d":
         return load_dataset(cfg.dataset, n=cfg.n_data, seed=cfg.seed)
-    return load_dataset(cfg.dataset, n=cfg.n_data, seed=cfg.seed, image_size=cfg.image_size)
+    return load_dataset(cfg.dataset, n=cfg.n_data, seed=cfg.seed, image_size=cfg.image_size, cache_dir=cfg.data_dir)
 
 
 def run_config(cfg, ds):
