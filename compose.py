@@ -25,6 +25,12 @@ From Python:
 
 From the command line (every checkpoint in the folder is loaded):
     python compose.py "top & ~right" --ckpt_dir out-toy2d --num 2000 --save out-toy2d/top_not_right.npz
+    python compose.py "cube & red & size=0.6 & position=(0.5,-0.3)" --ckpt_dir checkpoints/shapes --num 64 --save out/x.png
+
+Continuous concepts (the `size` and `position` models of `shapes`) take their
+numbers after '=': `size=0.6`, `position=(0.5,-0.3)`; a value outside the range
+the model was trained on is an error. Two positions in one conjunction ask for
+two objects (paper Figure 5).
 
 Exact evaluation for toy2d (DESIGN.md): exact_weights(expr) gives the modes an
 expression selects with their weights; toy2d_quality(samples, expr) the

@@ -209,7 +209,8 @@ def save_checkpoint(obj, path):
 def load_checkpoint(path, device="cpu"):
     """Rebuild a trained concept model from its checkpoint file.
 
-    Returns (net, ckpt): the network in eval mode with its parameters frozen (a
+    Returns (net, ckpt): the network (with the moving average of its weights, if the
+    run kept one) in eval mode with its parameters frozen (a
     loaded model is used for sampling and inference, which need input gradients
     only), and the checkpoint dict (family, values, step, config, ...).
     Raises FileNotFoundError or ValueError with the file's name.
@@ -218,7 +219,7 @@ def load_checkpoint(path, device="cpu"):
         ckpt = torch.load(path, map_location=device, weights_only=True)
         args = dict(ckpt["model_args"])
         net = build_model(args.pop("kind"), **args)
-        net.load_state_dict(ckpt["model"])
+        net.load_state_dict(ckpt.get("ema", ckpt["model"]))  # the averaged weights where there are some
     except FileNotFoundError:
         raise FileNotFoundError(f"checkpoint {path} does not exist") from None
     except Exception as e:  # truncated file, not a checkpoint, wrong weights

@@ -479,3 +479,31 @@ def test_short_shapes_training_ranks_data_below_noise(tmp_path):
     assert np.load(tmp_path / "x.npz")["samples"].shape == (3, 3, 32, 32)
     code, _, stderr = run_cli("compose.py", "red & position=(2,0)", "--ckpt_dir", out, "--steps", "1")
     assert code != 0 and "position=(2,0) is out of range" in stderr and "Traceback" not in stderr
+
+
+def test_shipped_shapes_models_compose_images(tmp_path):
+    concepts = compose.load_concepts(SHAPES_DIR)
+    assert {"sphere", "cube", "cylinder", "red", "blue", "size", "position"} <= set(concepts)
+    assert sum(os.path.getsize(os.path.join(SHAPES_DIR, f)) for f in os.listdir(SHAPES_DIR)) <= 20e6
+    code, stdout, stderr = run_cli("compose.py", "sphere & blue & size=0.5 & position=(0.5,-0.3)", "--ckpt_dir",
+                                   SHAPES_DIR, "--num", "6", "--steps", "3", "--save", str(tmp_path / "x.npz"), "--gif")
+    assert code == 0, stderr
+    x = np.load(tmp_path / "x.npz")["samples"]
+    assert x.shape == (6, 3, 32, 32) and 0 <= x.min() and x.max() <= 1
+    assert os.path.exists(tmp_path / "x.png") and os.path.exists(tmp_path / "x.gif")
+    code, _, stderr = run_cli("compose.py", "cube", "--ckpt_dir", SHAPES_DIR, "--num", "2", "--steps", "2",
+                              "--save", str(tmp_path / "only.png"))
+    assert code == 0 and os.listdir(tmp_path).count("only.png") == 1 and not os.path.exists(tmp_path / "only.npz")
+    for expr, message in [("bogus & red", "known concepts: blue, cube"), ("size=0.1", "out of range"),
+                          ("red=1", "discrete concept")]:
+        code, _, stderr = run_cli("compose.py", expr, "--ckpt_dir", SHAPES_DIR, "--steps", "1")
+        assert code != 0 and message in stderr and "Traceback" not in stderr, (expr, stderr)
+    # a folder mixing image sizes is refused, naming both files
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    for fam, shape in (("color", [3, 32, 32]), ("position", [3, 64, 64])):
+        ckpt = torch.load(os.path.join(SHAPES_DIR, f"{fam}.pt"), weights_only=True)
+        ckpt["config"]["x_shape"] = shape
+        torch.save(ckpt, mixed / f"{fam}.pt")
+    code, _, stderr = run_cli("compose.py", "red", "--ckpt_dir", str(mixed))
+    assert code != 0 and "position.pt was trained on shapes (3, 64, 64)" in stderr and "Traceback" not in stderr

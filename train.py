@@ -3,6 +3,7 @@
     python train.py --dataset toy2d                  # one model per family, ~2.5 minutes on 2 CPU cores
     python train.py --dataset toy2d --max_iters=300  # any setting of Config, as --key value or --key=value
     python train.py --dataset toy2d --resume         # continue a stopped run from its checkpoints
+    python train.py --dataset shapes --concept color --out_dir out-shapes   # one image concept model
 
 One model is trained per concept family (`--concept vertical` trains just one)
 and written to `<out_dir>/<family>.pt`. Each iteration:
@@ -27,7 +28,14 @@ Several families train side by side in single-threaded processes on a CPU
 (`--workers`): these small models are bound by Python overhead, not arithmetic.
 For toy2d the run ends with a figure of every concept's energy and of samples
 of the standard compositions (`<out_dir>/toy2d.png`) and their quality table.
+For images (`shapes`) the defaults change (DATASET_DEFAULTS): a cold sampler with
+large clipped steps, as in the paper's code, and half the restarts from a real
+image of ANY concept value (`--reinit_any`), which the chain must turn into its
+own value; a grid of the chains is written to `<out_dir>/<family>_samples.png`
+and the weights of every checkpoint are kept in `<out_dir>/snapshots/` so that
+quality can be measured against training time (`python bench.py --curve DIR`).
 """
+import copy
 import dataclasses
 import math
 import os
@@ -67,6 +75,7 @@ class Config:
     lr: float = 3e-3
     min_lr_ratio: float = 0.01  # the learning rate decays (cosine) to lr * min_lr_ratio at max_iters
     l2: float = 0.05
+    ema: float = 0.0  # > 0: also keep an exponential moving average of the weights, used for sampling afterwards
     # Langevin in training (paper eq. 3)
     steps: int = 20
     step_size: float = 0.01
@@ -94,7 +103,7 @@ DATASET_DEFAULTS = {
     "shapes": dict(n_data=20_000, max_iters=4000, batch_size=64, lr=1e-3, min_lr_ratio=0.1, l2=0.1,
                    steps=10, step_size=20.0, noise_scale=0.005, grad_clip=0.01, buffer_size=5000,
                    reinit_prob=0.05, reinit_from_data=0.5, reinit_noise=0.1, reinit_any=True,
-                   eval_steps=200, eval_anneal=1.0, log_interval=50, ckpt_interval=250, snapshots=True),
+                   eval_steps=200, eval_anneal=1.0, log_interval=50, ckpt_interval=250, snapshots=True, ema=0.99),
 }
 
 
@@ -163,12 +172,17 @@ def train_concept(cfg, ds, family, device, iters_after=0):
     if ds.x.dim() == 4 and device == "cpu":
         net = net.to(memory_format=torch.channels_last)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, betas=(0.0, 0.999))
+    # The weights of a CD-trained EBM oscillate: chains and model chase each other. Their
+    # running average is a steadier energy for sampling from noise afterwards (as in ICD).
+    ema = copy.deepcopy(net).requires_grad_(False) if cfg.ema else None
     buffer = ReplayBuffer(cfg.buffer_size, ds.x.shape[1:], c_data.shape[1:], c_data.dtype,
                           reinit_prob=cfg.reinit_prob, device=device)
     step, elapsed = 0, 0.0  # iterations done, seconds spent on them (over resumed runs)
     if cfg.resume and os.path.exists(path):
         _, ckpt = load_checkpoint(path, device)
         net.load_state_dict(ckpt["model"])
+        if ema is not None:
+            ema.load_state_dict(ckpt["ema"])
         opt.load_state_dict(ckpt["optimizer"])
         buffer.load_state_dict(ckpt["buffer"])
         torch.set_rng_state(ckpt["rng"])
@@ -184,8 +198,12 @@ def train_concept(cfg, ds, family, device, iters_after=0):
         with torch.no_grad():
             groups = [torch.arange(min(1024, len(x_data)))] if continuous else \
                 [torch.nonzero(c_data == v).squeeze(1)[:1024] for v in range(len(ds.concepts[family]))]
-            data_energy = [torch.cat([net(x_data[i], c_data[i]) for i in g.split(256)]).mean().item() for g in groups]
-        ckpt = {"model": net.state_dict(), "model_args": model_args(net), "family": family,
+            sampler_net = (ema if ema is not None else net).eval()
+            data_energy = [torch.cat([sampler_net(x_data[i], c_data[i]) for i in g.split(256)]).mean().item()
+                           for g in groups]
+            net.train()
+        ckpt = {"model": net.state_dict(), **({"ema": ema.state_dict()} if ema else {}),
+                "model_args": model_args(net), "family": family,
                 "values": list(ds.concepts[family]), "encoding": "numbers" if continuous else "index",
                 "range": list(ds.ranges.get(family, ())), "data_energy": data_energy,
                 "optimizer": opt.state_dict(), "step": step, "buffer": buffer.state_dict(),
@@ -225,6 +243,14 @@ def train_concept(cfg, ds, family, device, iters_after=0):
         for group in opt.param_groups:
             group["lr"] = cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * decay)
         opt.step()
+        if ema is not None:
+            with torch.no_grad():
+                live = net.state_dict()
+                for key, p_ema in ema.state_dict().items():
+                    if key.endswith(("._u", "._v")):  # spectral norm's singular vectors: copied, not averaged
+                        p_ema.copy_(live[key])
+                    else:
+                        p_ema.lerp_(live[key], 1 - cfg.ema)
         step += 1
         if step % cfg.log_interval == 0 or step == cfg.max_iters:
             rate = (step - step0) / (time.time() - t0)
