@@ -128,9 +128,7 @@ def bench_toy2d(runs):
 
 # Figure 3(b) analog: one more concept per row; then the other operators and two objects (Figure 5)
 SHAPES_SUITE = ["cube", "cube & red", "cube & red & size=0.6", "cube & red & size=0.6 & position=(0.5,-0.3)",
-                "sphere", "sphere & blue", "sphere & blue & size=0.4", "sphere & blue & size=0.4 & position=(-0.5,0.5)",
-                "green", "size=0.65", "position=(-0.5,-0.5)", "cylinder & yellow & position=(0,0.5)",
-                "sphere & ~red", "red | blue",
+                "green", "size=0.65", "position=(-0.5,-0.5)", "sphere & blue", "sphere & ~red", "red | blue",
                 "position=(-0.6,-0.6) & position=(0.6,0.6)", "position=(0,0) & position=(0.1,0)"]
 SHAPES_TARGETS = {1: 0.90, 2: 0.75, 3: 0.60, 4: 0.50}  # by number of concepts (the issue's)
 
@@ -176,16 +174,18 @@ def bench_shapes(ckpt_dir, n=256, figure="assets/shapes_compose.png", steps=None
     return rows
 
 
-def bench_curve(out_dir, n=128, steps=None):
-    """Accuracy of each concept model against its training time: every snapshot in
-    <out_dir>/snapshots samples n images of values drawn from the data, the judge reads them."""
+def bench_curve(out_dir, n=128, steps=None, every=500):
+    """Accuracy of each concept model against its training time: each snapshot in
+    <out_dir>/snapshots (every `every` iterations) samples n images of values drawn from the
+    data, and the judge reads them."""
     import glob
-    from compose import Family, load_concepts, sampling_settings
+    from compose import sampling_settings
     from data import load_dataset
     from infer import load_judge, predict, POSITION_TOL, SIZE_TOL
     from model import load_checkpoint
     judge, _ = load_judge()
-    paths = sorted(glob.glob(os.path.join(out_dir, "snapshots", "*.pt")))
+    paths = [p for p in sorted(glob.glob(os.path.join(out_dir, "snapshots", "*.pt")))
+             if int(re.search(r"_(\d+)\.pt$", p).group(1)) % every == 0]
     if not paths:
         sys.exit(f"no snapshots in {out_dir}/snapshots (train.py keeps them with --snapshots, the shapes default)")
     labels = load_dataset("shapes", n=n, seed=123).labels  # the values to ask for

@@ -507,3 +507,7 @@ def test_shipped_shapes_models_compose_images(tmp_path):
         torch.save(ckpt, mixed / f"{fam}.pt")
     code, _, stderr = run_cli("compose.py", "red", "--ckpt_dir", str(mixed))
     assert code != 0 and "position.pt was trained on shapes (3, 64, 64)" in stderr and "Traceback" not in stderr
+    # resuming a run of another dataset is refused
+    os.replace(mixed / "color.pt", mixed / "vertical.pt")
+    code, _, stderr = run_cli("train.py", "--concept", "vertical", "--out_dir", str(mixed), "--resume")
+    assert code != 0 and "it was trained on shapes (3, 32, 32), this run is toy2d (2,)" in stderr

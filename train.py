@@ -180,6 +180,10 @@ def train_concept(cfg, ds, family, device, iters_after=0):
     step, elapsed = 0, 0.0  # iterations done, seconds spent on them (over resumed runs)
     if cfg.resume and os.path.exists(path):
         _, ckpt = load_checkpoint(path, device)
+        was, now = (ckpt["config"]["dataset"], ckpt["config"]["x_shape"]), (cfg.dataset, list(ds.x.shape[1:]))
+        if was != now:
+            raise ValueError(f"cannot resume {path}: it was trained on {was[0]} {tuple(was[1])}, "
+                             f"this run is {now[0]} {tuple(now[1])}")
         net.load_state_dict(ckpt["model"])
         if ema is not None:
             ema.load_state_dict(ckpt["ema"])
