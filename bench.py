@@ -157,7 +157,8 @@ def bench_shapes(ckpt_dir, n=256, figure="assets/shapes_compose.png", steps=None
         target = 0.8 if text.count("position") == 2 else SHAPES_TARGETS[n_concepts(text)]
         rows.append((text, acc, base))
         pictures.append(x[:8])
-        ok = " ok" if acc >= target else " MISSED"
+        # a score the judge also gives noise says nothing about the generator
+        ok = " MISSED (no better than noise)" if acc <= base else " ok" if acc >= target else " MISSED"
         print(f"{text:<48} {acc:>8.3f} {base:>6.3f}  >={target:.2f}{ok}   {time.time() - t0:.0f} s", flush=True)
     if figure:
         import matplotlib

@@ -135,9 +135,11 @@ def judge_vocabulary(ckpt):
     return names
 
 
-def blobs(x, min_pixels=4):
+def blobs(x, min_pixels=4, max_share=0.3):
     """Saturated connected regions on the grey background: per image, a list of (x, y) positions
-    in the dataset's coordinates (data.render_shapes: centre = W/2 * (1 + 0.55 x), y up)."""
+    in the dataset's coordinates (data.render_shapes: centre = W/2 * (1 + 0.55 x), y up).
+    A region over max_share of the image is larger than any object (the largest covers ~20%):
+    it is noise, not an object, and is not counted."""
     sat = (x.max(1).values - x.min(1).values) > 0.25  # (N, H, W): colored, not grey
     h, w = sat.shape[1:]
     found = []
@@ -155,7 +157,7 @@ def blobs(x, min_pixels=4):
                     if 0 <= u < h and 0 <= v < w and m[u, v] and not seen[u, v]:
                         seen[u, v] = True
                         stack.append((u, v))
-            if len(pix) >= min_pixels:
+            if min_pixels <= len(pix) <= max_share * h * w:
                 rows, cols = np.array(pix).T + 0.5  # pixel centres
                 places.append(((cols.mean() / (w / 2) - 1) / 0.55, (1 - rows.mean() / (h / 2)) / 0.55))
         found.append(places)
