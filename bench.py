@@ -182,7 +182,7 @@ def bench_curve(out_dir, n=128, steps=None, every=500):
     import glob
     from compose import sampling_settings
     from data import load_dataset
-    from infer import load_judge, predict, POSITION_TOL, SIZE_TOL
+    from infer import load_judge, predict, reads_as
     from model import load_checkpoint
     judge, _ = load_judge()
     paths = [p for p in sorted(glob.glob(os.path.join(out_dir, "snapshots", "*.pt")))
@@ -195,19 +195,9 @@ def bench_curve(out_dir, n=128, steps=None, every=500):
         net, ckpt = load_checkpoint(path)
         fam, cfg = ckpt["family"], ckpt["config"]
         settings = sampling_settings(cfg, steps=steps)
-        c = labels[fam]  # (n,) or (n, d)
-        lo, hi = settings["data_range"]
-        x0 = lo + (hi - lo) * torch.rand(n, *settings["x_shape"], generator=torch.Generator().manual_seed(0))
-        with torch.nn.utils.parametrize.cached():
-            x = langevin(lambda x: net(x, c), x0, settings["steps"], settings["step_size"], settings["noise_scale"],
-                         clamp=(lo, hi), grad_clip=settings["grad_clip"])
-        p = predict(judge, x)[fam]
-        if fam in ("shape", "color"):
-            ok = p == c
-        elif fam == "size":
-            ok = (p - c[:, 0]).abs() <= SIZE_TOL
-        else:
-            ok = (p - c).norm(dim=1) <= POSITION_TOL
+        c = labels[fam]  # (n,) or (n, d): one value per chain
+        x = sample(lambda x: net(x, c), n, settings, seed=0)  # (n, 3, H, W)
+        ok = reads_as(fam, predict(judge, x), c)
         print(f"{os.path.basename(path):<28} {ckpt['elapsed'] / 60:>7.1f} {ok.float().mean().item():>8.3f}", flush=True)
 
 

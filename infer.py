@@ -174,26 +174,32 @@ def positions_hold(places, asked):
     return near and len(places) == len(distinct)
 
 
+def reads_as(family, pred, value):
+    """(N,) bool: does the judge read `value` of `family`? value: an index or numbers, one for
+    all images (() or (d,)) or one per image ((N,) or (N, d))."""
+    v = pred[family]
+    if family in ("shape", "color"):
+        return v == value
+    if family == "size":
+        return (v - value.reshape(-1)).abs() <= SIZE_TOL
+    return (v - value).norm(dim=1) <= POSITION_TOL
+
+
 def holds(expr, pred, places):
     """(N,) bool: where an expression holds, given the judge's predictions and the blobs."""
     if isinstance(expr, Concept):
-        v = pred[expr.family]
-        if expr.family in ("shape", "color"):
-            return v == expr.value
-        target = torch.tensor(expr.value)
-        if expr.family == "size":
-            return (v - target[0]).abs() <= SIZE_TOL
-        return (v - target).norm(dim=1) <= POSITION_TOL
+        return reads_as(expr.family, pred, torch.tensor(expr.value))
     if isinstance(expr, Not):
         return ~holds(expr.inner, pred, places)
     if isinstance(expr, Or):
         return torch.stack([holds(t, pred, places) for t in expr.terms]).any(0)
-    asked = [t.value for t in expr.terms if isinstance(t, Concept) and t.family == "position"]
-    ok = torch.stack([holds(t, pred, places) for t in expr.terms
-                      if len(asked) < 2 or not (isinstance(t, Concept) and t.family == "position")]
-                     or [torch.ones(len(places), dtype=torch.bool)]).all(0)
-    if len(asked) >= 2:  # several positions: several objects, counted and placed
-        ok &= torch.tensor([positions_hold(p, asked) for p in places])
+    positions = [t for t in expr.terms if isinstance(t, Concept) and t.family == "position"]
+    ok = torch.ones(len(places), dtype=torch.bool)
+    if len(positions) >= 2:  # several positions: several objects, counted and placed
+        ok &= torch.tensor([positions_hold(p, [t.value for t in positions]) for p in places])
+    for t in expr.terms:
+        if len(positions) < 2 or t not in positions:
+            ok &= holds(t, pred, places)
     return ok
 
 
@@ -207,7 +213,7 @@ def score(expr, x, judge):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)
-    p.add_argument("--train_judge", action="store_true", help=f"train the judge and write --judge")
+    p.add_argument("--train_judge", action="store_true", help="train the judge and write --judge")
     p.add_argument("--score", metavar="EXPR", help="judge samples against an expression")
     p.add_argument("--samples", help="an .npz from compose.py (key samples: (N, 3, H, W) in [0, 1])")
     p.add_argument("--judge", default=JUDGE_PATH)
