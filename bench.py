@@ -1,8 +1,10 @@
-"""Benchmarks: what the sampler costs, how long toy2d trains, how good its compositions are.
+"""Benchmarks: how fast the sampler and training run, how good the compositions are.
 
-    python bench.py                # Langevin step cost against a bare forward + input-gradient pass,
-                                   # and the composition sampler on the exact toy2d energies
-    python bench.py --toy2d 3      # also: train toy2d 3 times; median time and quality figures
+    python bench.py                # the composition sampler on the exact toy2d energies, then
+                                   # the speed table: our Langevin sampler against the naive loop
+                                   # of tutorials (toy MLP, shapes32, celeba64), training
+                                   # iterations per second; last line: sampler speedup X.XXx
+    python bench.py --toy2d 3      # train toy2d 3 times; median time and quality figures
     python bench.py --shapes checkpoints/shapes   # composition accuracy by the judge, 256 samples
                                    # per expression, next to the judge's score on noise; a figure
     python bench.py --curve out-shapes            # accuracy against training time, from the
@@ -12,19 +14,23 @@ Timings are medians over repeats, and every ratio is taken against a baseline
 measured in the same run, on the same machine, at the same moment.
 """
 import argparse
+import contextlib
+import io
 import os
 import re
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 import torch
 
 from compose import TOY2D_SUITE, Concept, parse, sample, toy2d_quality
-from data import TOY2D_FAMILIES, TOY2D_STD, toy2d_modes
-from model import build_model
+from data import TOY2D_FAMILIES, TOY2D_STD, Dataset, toy2d_modes
+from model import IMAGE_PRESETS, build_model
 from sampler import langevin
+from train import dataset_for, parse_config, train_concept
 
 
 def median_time(fn, repeats, warmup=3):
@@ -38,32 +44,57 @@ def median_time(fn, repeats, warmup=3):
     return statistics.median(times)
 
 
-def bench_langevin_step(batch=1024, steps=50, repeats=15):
-    """Seconds per step: our Langevin step, a bare forward + input-gradient pass of the same
-    network, and the naive loop (parameter gradients on, .backward()) common in tutorials."""
-    net = build_model("mlp", n_values=2).requires_grad_(False)
-    x0, c = torch.randn(batch, 2), torch.randint(0, 2, (batch,))
-    energy = lambda x: net(x, c)  # noqa: E731
+# The networks the sampler benchmark runs: (model kind and arguments, input shape, batch,
+# Langevin steps per timed chain). The same network, batch and start for both loops.
+SAMPLER_CASES = {
+    "toy2d mlp": (("mlp", dict(n_values=2)), (2,), 1024, 50),
+    "shapes32": (("image", dict(IMAGE_PRESETS["shapes32"], n_values=8)), (3, 32, 32), 64, 10),
+    "celeba64": (("image", dict(IMAGE_PRESETS["celeba64"], n_values=2)), (3, 64, 64), 16, 4),
+}
+
+
+def bench_sampler(case, repeats=5):
+    """Seconds per Langevin step for one network: our sampler, a bare forward + input-gradient
+    pass of the same network (the floor), and the naive loop of common tutorials.
+
+    ours:  langevin(): input gradients only (parameters frozen), spectral norm's W / sigma
+           computed once per chain (parametrize.cached), channels_last on CPU
+    naive: x.requires_grad_(), E.sum().backward() with parameter gradients on (computed and
+           accumulated every step, then thrown away), W / sigma every step, NCHW
+    Both run in training mode, as the sampler does inside train.py."""
+    (kind, args), shape, batch, steps = SAMPLER_CASES[case]
+    torch.manual_seed(0)
+    net = build_model(kind, **args)
+    image = kind == "image"
+    x0 = torch.rand(batch, *shape)
+    c = torch.randint(0, args["n_values"], (batch,))
+    lo, hi, step, clip = (0.0, 1.0, 20.0, 0.01) if image else (-3.0, 3.0, 0.01, 40.0)
 
     def bare():
-        x = x0.clone()
-        for _ in range(steps):
-            x.requires_grad_(True)
-            (g,) = torch.autograd.grad(energy(x).sum(), x)
-            x = x.detach()
+        net.requires_grad_(False)
+        with torch.nn.utils.parametrize.cached():
+            x = x0.clone()
+            for _ in range(steps):
+                x.requires_grad_(True)
+                (g,) = torch.autograd.grad(net(x, c).sum(), x)
+                x = x.detach()
 
     def ours():
-        langevin(energy, x0, steps, step_size=0.01, clamp=(-3, 3), grad_clip=40.0)
+        net.requires_grad_(False)
+        with torch.nn.utils.parametrize.cached():
+            langevin(lambda x: net(x, c), x0, steps, step, noise_scale=0.005, clamp=(lo, hi), grad_clip=clip)
 
     def naive():
         net.requires_grad_(True)
+        if image:
+            net.channels_last = False
         x = x0.clone()
         for _ in range(steps):
             x = x.detach().requires_grad_()
-            energy(x).sum().backward()
-            x = (x - 0.005 * x.grad + 0.1 * torch.randn_like(x)).clamp(-3, 3)
+            net(x, c).sum().backward()
+            x = (x - 0.5 * step * x.grad.clamp(-clip, clip) + 0.005 * torch.randn_like(x)).clamp(lo, hi)
         net.zero_grad(set_to_none=True)
-        net.requires_grad_(False)
+        net.channels_last = None
 
     # interleave the three so that a slow moment of the machine hits all of them
     t = {k: [] for k in ("bare", "ours", "naive")}
@@ -72,9 +103,71 @@ def bench_langevin_step(batch=1024, steps=50, repeats=15):
             t[name].append(median_time(fn, 1, warmup=1) / steps)
     out = {k: statistics.median(v) for k, v in t.items()}
     # ratios within each repeat, then their median: steadier than a ratio of medians
-    out["ours/bare"] = statistics.median(o / b for o, b in zip(t["ours"], t["bare"]))
-    out["naive/ours"] = statistics.median(n / o for n, o in zip(t["naive"], t["ours"]))
+    out["speedup"] = statistics.median(n / o for n, o in zip(t["naive"], t["ours"]))
+    out["outside"] = statistics.median(1 - b / o for o, b in zip(t["ours"], t["bare"]))
+    out["samples/s"] = batch / out["ours"]
     return out
+
+
+# Training throughput: train.py's own loop, on its dataset defaults (celeba on random
+# uint8 faces of the right size, with a smaller batch and fewer steps to fit a CPU).
+TRAIN_CASES = {  # train.py arguments, and the two run lengths timed
+    "toy2d mlp": (["--dataset", "toy2d", "--concept", "ring"], (20, 60)),
+    "shapes32": (["--dataset", "shapes", "--concept", "color", "--n_data", "2000"], (5, 20)),
+    "celeba64": (["--dataset", "celeba", "--concept", "Smiling", "--batch_size", "8", "--steps", "5"], (2, 5)),
+}
+
+
+def bench_train(case, repeats=3):
+    """Seconds per training iteration of train.py's loop: runs of n0 and n1 iterations, their
+    difference divided by n1 - n0 (which cancels the start-up and the final checkpoint);
+    the median of `repeats`."""
+    argv, iters = TRAIN_CASES[case]
+    argv = argv + ["--buffer_size", "256", "--log_interval", "100000", "--snapshots", "false",
+                   "--sample_interval", "100000", "--ckpt_interval", "100000"]
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = parse_config(argv + ["--out_dir", tmp, "--cache_dir", os.path.join(tmp, "data")])
+        if cfg.dataset == "celeba":  # no CelebA here: random faces, same shapes and dtype
+            g = torch.Generator().manual_seed(0)
+            ds = Dataset("celeba", torch.randint(0, 256, (2048, 3, 64, 64), dtype=torch.uint8, generator=g),
+                         {"Smiling": torch.randint(0, 2, (2048,), generator=g)}, {"Smiling": ("not_Smiling", "Smiling")},
+                         (0.0, 1.0))
+        else:
+            ds = dataset_for(cfg)
+        per_iter = []
+        for _ in range(repeats):
+            times = []
+            for n in iters:
+                cfg.max_iters = n
+                t0 = time.perf_counter()
+                with contextlib.redirect_stdout(io.StringIO()):
+                    train_concept(cfg, ds, cfg.concept, torch.device("cpu"))
+                times.append(time.perf_counter() - t0)
+                os.remove(os.path.join(tmp, f"{cfg.concept}.pt"))
+            per_iter.append((times[1] - times[0]) / (iters[1] - iters[0]))
+    return statistics.median(per_iter), cfg
+
+
+def bench_speed(repeats=5):
+    """The speed table: sampler throughput ours vs naive, training iterations per second,
+    the share of a sampler step spent outside the network; last, the smallest speedup
+    over the image presets (the toy MLP is listed, not counted: a tiny MLP's step is
+    mostly Python, which no sampler can remove)."""
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, cpu")
+    head = (f"{'network':<10} {'batch':>5} {'ours ms/step':>12} {'naive ms/step':>13} {'speedup':>8} "
+            f"{'samples*steps/s':>15} {'outside net':>11} {'train it/s':>10}  training run")
+    print(head)
+    speedups = []
+    for case in SAMPLER_CASES:
+        s = bench_sampler(case, repeats)
+        sec, cfg = bench_train(case)
+        batch = SAMPLER_CASES[case][2]
+        print(f"{case:<10} {batch:>5} {s['ours'] * 1e3:>12.1f} {s['naive'] * 1e3:>13.1f} {s['speedup']:>7.2f}x "
+              f"{s['samples/s']:>15.0f} {s['outside']:>10.0%} {1 / sec:>10.2f}  "
+              f"batch {cfg.batch_size}, {cfg.steps} steps", flush=True)
+        if case != "toy2d mlp":
+            speedups.append(s["speedup"])
+    print(f"sampler speedup {min(speedups):.2f}x")
 
 
 def bench_sampler_on_exact_energies(steps=300, anneal=20.0):
@@ -215,17 +308,11 @@ def main():
         if args.shapes:
             bench_shapes(args.shapes, steps=args.steps)
         return
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    t = bench_langevin_step()
-    print(f"{'per step, batch 1024, toy MLP':<32} {'ms':>8}")
-    print(f"{'forward + input gradient (bare)':<32} {t['bare'] * 1e3:>8.3f}")
-    print(f"{'langevin() step':<32} {t['ours'] * 1e3:>8.3f}")
-    print(f"{'naive loop (param grads, backward)':<32} {t['naive'] * 1e3:>8.3f}")
-    print(f"langevin step / bare pass {t['ours/bare']:.3f}x (median of 15 paired ratios)")
-    print(f"naive step / langevin step {t['naive/ours']:.2f}x")
-    bench_sampler_on_exact_energies()
     if args.toy2d:
         bench_toy2d(args.toy2d)
+        return
+    bench_sampler_on_exact_energies()
+    bench_speed()
 
 
 if __name__ == "__main__":

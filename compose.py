@@ -163,7 +163,8 @@ class Or(Energy):
 # the expression language: names, &, |, ~ and parentheses; & binds tighter than |.
 # A continuous concept takes its numbers after '=':  size=0.6,  position=(0.5,-0.3)
 
-TOKEN = re.compile(r"\s*(?:([A-Za-z_][A-Za-z0-9_]*)|([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)|(.))")
+# a number not glued to letters; then a name (which may start with digits: CelebA's 5_o_Clock_Shadow)
+TOKEN = re.compile(r"\s*(?:([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)(?![\w.])|(\w+)|(.))")
 
 
 def parse(text, concepts):
@@ -171,7 +172,7 @@ def parse(text, concepts):
     by_name = {k.lower(): v for k, v in concepts.items()}
     tokens = []  # (kind, value, column)
     for m in TOKEN.finditer(text.rstrip()):
-        name, number, op = m.groups()
+        number, name, op = m.groups()
         col = m.start(m.lastindex)
         if op is not None and op not in "&|~()=,":
             raise ValueError(syntax_error(text, col, f"unexpected character {op!r}"))

@@ -16,16 +16,26 @@ A concept model is trained on one family (e.g. `vertical`, whose values are
     ds.labels["shape"]         # (20000,) long: index into ds.concepts["shape"]
     ds.labels["size"]          # (20000, 1) float, in ds.ranges["size"]
 
+    ds = load_dataset("celeba", data_dir="/data/celeba", image_size=64)
+    ds.x                       # (162770, 3, 64, 64) uint8, memory-mapped from out-data/
+    ds.batch(torch.arange(8))  # (8, 3, 64, 64) float in [0, 1], dequantised
+
 Datasets (see ../shared/DESIGN.md):
   toy2d   16 Gaussian modes on two rings, three binary concept families.
   shapes  one rendered 3D-looking object (sphere, cube, cylinder) per image;
           families shape and color (discrete), size and position (continuous),
           with held-out colors, sizes, lighting and a held-out shape (cone).
+  celeba  CelebA faces from the standard local folder (--data_dir), 64x64 or
+          128x128; each of the 40 binary attributes is a family (not_Smiling, Smiling).
 
 This file imports nothing from the project (see the layout in README.md).
 """
+import contextlib
 import math
+import multiprocessing
 import os
+import time
+import zlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -78,6 +88,15 @@ class Dataset:
 
     def __len__(self):
         return len(self.x)
+
+    def batch(self, idx, device="cpu"):
+        """The inputs at indices idx (B,), as floats on `device`. uint8 images (celeba) become
+        (k + u) / 256 with u ~ U[0, 1): uniform dequantisation, so that the model sees a
+        density over [0, 1] and not 256 spikes it could put arbitrarily low energy on."""
+        x = self.x[idx.cpu()].to(device, non_blocking=True)  # (B, ...)
+        if x.dtype == torch.uint8:
+            x = (x.float() + torch.rand(x.shape, device=device)) / 256
+        return x
 
 
 def make_toy2d(n=50_000, seed=0):
@@ -256,7 +275,119 @@ def make_shapes(n=20_000, seed=0, image_size=32, scene="plain", clutter=0, heldo
                    {"size": SIZE_RANGE, "position": POSITION_RANGE})
 
 
-DATASETS = {"toy2d": make_toy2d, "shapes": make_shapes}
+# ----------------------------------------------------------------------------
+# celeba: the standard local layout of CelebA (aligned and cropped faces)
+#   DIR/img_align_celeba/000001.jpg ...   178x218 JPEGs
+#   DIR/list_attr_celeba.txt              line 1: count; line 2: the 40 names; then "000001.jpg -1 1 ..."
+#   DIR/list_eval_partition.txt           optional: "000001.jpg 0" (0 train, 1 valid, 2 test)
+# Decoding 200k JPEGs on every run would dominate training, so the first run decodes,
+# crops and resizes them once, in parallel, into a raw uint8 file in cache_dir; later
+# runs (and every torchrun rank) memory-map that file, sharing one copy in the page cache.
+
+CELEBA_SIZES = (64, 128)
+CELEBA_SPLITS = ("train", "valid", "test", "all")
+
+
+def read_celeba_attributes(data_dir):
+    """(file names, attribute names, labels (N, 40) bool) from list_attr_celeba.txt."""
+    path = os.path.join(data_dir, "list_attr_celeba.txt")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{data_dir} is not a CelebA folder: {path} is missing "
+                                f"(expected img_align_celeba/ and list_attr_celeba.txt)")
+    with open(path) as f:
+        lines = f.read().split("\n")
+    names = lines[1].split()
+    files, rows = [], []
+    for line in lines[2:]:
+        if line.strip():
+            parts = line.split()
+            if len(parts) != len(names) + 1:
+                raise ValueError(f"{path}: line {parts[0]!r} has {len(parts) - 1} values, expected {len(names)}")
+            files.append(parts[0])
+            rows.append([v == "1" for v in parts[1:]])
+    return files, names, np.array(rows, dtype=bool).reshape(-1, len(names))
+
+
+def load_celeba_image(path, image_size):
+    """One face: center crop to a square, resize (antialiased) -> (3, S, S) uint8."""
+    import imageio.v3 as iio  # only CelebA needs it: toy2d and shapes run without
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"CelebA image {path} is missing (listed in list_attr_celeba.txt)")
+    try:
+        img = iio.imread(path, plugin="pillow")
+    except Exception as e:  # truncated or not an image
+        first_line = str(e).strip().split("\n")[0]
+        raise ValueError(f"cannot read CelebA image {path}: {type(e).__name__}: {first_line}") from None
+    if img.ndim == 2:  # a greyscale JPEG
+        img = np.repeat(img[:, :, None], 3, axis=2)
+    h, w = img.shape[:2]
+    side = min(h, w)  # 178 for CelebA: the crop keeps the face and drops forehead and chin margins
+    top, left = (h - side) // 2, (w - side) // 2
+    crop = torch.from_numpy(np.ascontiguousarray(img[top:top + side, left:left + side, :3]))
+    crop = crop.permute(2, 0, 1)[None].float()  # (1, 3, side, side)
+    out = torch.nn.functional.interpolate(crop, size=(image_size, image_size), mode="bilinear",
+                                          antialias=True, align_corners=False)
+    return out[0].round().clamp(0, 255).to(torch.uint8)  # (3, S, S)
+
+
+def _load_celeba_chunk(args):
+    paths, image_size = args
+    torch.set_num_threads(1)
+    return torch.stack([load_celeba_image(p, image_size) for p in paths]).numpy()
+
+
+def make_celeba(data_dir="", image_size=64, split="train", cache_dir="out-data"):
+    """CelebA faces with their 40 binary attributes, each a concept family whose values
+    are ("not_<Name>", "<Name>"): index 1 means the face has the attribute.
+
+    x is (N, 3, S, S) uint8, memory-mapped from the cache; Dataset.batch turns a batch
+    into floats in [0, 1] with uniform dequantisation. split: the official partition
+    ("train", "valid", "test"; every image when list_eval_partition.txt is absent) or "all".
+    """
+    if not data_dir:
+        raise ValueError("the celeba dataset needs --data_dir: a folder with img_align_celeba/ and list_attr_celeba.txt")
+    _check("image_size", image_size, CELEBA_SIZES)
+    _check("split", split, CELEBA_SPLITS)
+    files, names, attrs = read_celeba_attributes(data_dir)
+    part_path = os.path.join(data_dir, "list_eval_partition.txt")
+    if split != "all" and os.path.isfile(part_path):
+        with open(part_path) as f:
+            part = dict(line.split() for line in f if line.strip())
+        keep = np.array([part.get(name) == str(CELEBA_SPLITS.index(split)) for name in files])
+        files, attrs = [n for n, k in zip(files, keep) if k], attrs[keep]
+    if not files:
+        raise ValueError(f"{data_dir} lists no image for split {split!r}")
+    n, per_image = len(files), 3 * image_size * image_size
+    tag = zlib.crc32(os.path.abspath(data_dir).encode())  # one cache per source folder
+    path = os.path.join(cache_dir, f"celeba_{tag:08x}_{split}_{image_size}_n{n}.u8")
+    if not os.path.exists(path):
+        paths = [os.path.join(data_dir, "img_align_celeba", name) for name in files]
+        os.makedirs(cache_dir, exist_ok=True)
+        tmp = f"{path}.tmp{os.getpid()}"  # atomic: a killed run leaves no half-written cache
+        out = np.memmap(tmp, dtype=np.uint8, mode="w+", shape=(n, per_image))
+        chunk = 256
+        jobs = [(paths[i:i + chunk], image_size) for i in range(0, n, chunk)]
+        workers = min(os.cpu_count() or 1, len(jobs))
+        print(f"celeba: decoding {n} images to {image_size}x{image_size} once, into {path}", flush=True)
+        t0, done = time.time(), 0
+        with multiprocessing.get_context("spawn").Pool(workers) if workers > 1 else contextlib.nullcontext() as pool:
+            results = pool.imap(_load_celeba_chunk, jobs) if workers > 1 else map(_load_celeba_chunk, jobs)
+            for i, imgs in enumerate(results):  # (chunk, 3, S, S) each, in order
+                out[i * chunk:i * chunk + len(imgs)] = imgs.reshape(len(imgs), -1)
+                done += len(imgs)
+                if i % 40 == 39 or done == n:
+                    print(f"celeba: {done}/{n} images, {time.time() - t0:.0f} s", flush=True)
+        out.flush()
+        del out
+        os.replace(tmp, path)
+    x = torch.from_file(path, shared=False, size=n * per_image, dtype=torch.uint8).view(n, 3, image_size, image_size)
+    labels = {name: torch.from_numpy(attrs[:, j]).long() for j, name in enumerate(names)}  # (N,) each
+    concepts = {name: (f"not_{name}", name) for name in names}
+    return Dataset("celeba", x, labels, concepts, (0.0, 1.0))
+
+
+DATASETS = {"toy2d": make_toy2d, "shapes": make_shapes, "celeba": make_celeba}
 
 
 def load_dataset(name, **kwargs):

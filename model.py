@@ -79,11 +79,13 @@ class MLPEnergy(nn.Module):
 # images
 
 # Sizes of the image network. `shapes32` is small enough to train on two CPU
-# cores; the other two are the paper's (appendix A.3 and the released code):
-# 64x64 scenes and 128x128 CelebA, for a GPU.
+# cores; `scenes64` and `celeba128` are the paper's (appendix A.3 and the released
+# code), for a GPU; `celeba64` is celeba128 less its first block, for 64x64 faces
+# (the same 4x4 map before pooling).
 IMAGE_PRESETS = {
     "shapes32": dict(image_size=32, channels=(16, 32, 64, 64), pool="sum"),
     "scenes64": dict(image_size=64, channels=(64, 64, 128, 128, 256), pool="mean"),
+    "celeba64": dict(image_size=64, channels=(64, 128, 256, 512, 512), pool="sum"),
     "celeba128": dict(image_size=128, channels=(64, 64, 128, 256, 512, 512), pool="sum"),
 }
 
@@ -138,7 +140,13 @@ class ImageEnergy(nn.Module):
     pool divides the input gradient by 4; a sum over the final map undoes some of
     that, so Langevin moves pixels with moderate step sizes.
     On a CPU the network runs in channels_last memory format (faster convolutions).
+    On a GPU with bfloat16 it runs under bf16 autocast (`bf16`, default: wherever
+    supported): convolutions in bf16 on tensor cores, the energy returned in fp32,
+    so Langevin's updates of x (sampler.py) and the loss stay in fp32.
     """
+
+    bf16 = None  # None: autocast on CUDA devices that support bfloat16; True / False: force
+    channels_last = None  # None: on CPUs; True / False: force (bench.py's naive loop turns it off)
 
     def __init__(self, cfg: ImageConfig):
         super().__init__()
@@ -168,11 +176,16 @@ class ImageEnergy(nn.Module):
         if x.shape[-1] != self.cfg.image_size or x.shape[-2] != self.cfg.image_size:
             raise ValueError(f"this model takes {self.cfg.image_size}x{self.cfg.image_size} images, "
                              f"got {tuple(x.shape[-2:])}")
+        bf16 = self.bf16 if self.bf16 is not None else x.is_cuda and torch.cuda.is_bf16_supported()
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bool(bf16)):
+            return self.energy(x, c).float()  # (B,) fp32 whatever the network ran in
+
+    def energy(self, x, c):
         cond = self.concept_vector(c)  # (B or 1, cond_dim)
         x = 2 * x - 1  # centred on 0
         if self.cfg.coords:
             x = torch.cat([x, self.grid.expand(len(x), -1, -1, -1)], 1)  # (B, 5, H, W)
-        if x.device.type == "cpu":
+        if self.channels_last if self.channels_last is not None else x.device.type == "cpu":
             x = x.contiguous(memory_format=torch.channels_last)
         h = self.stem(x)  # (B, C0, H, W)
         for i, block in enumerate(self.blocks):

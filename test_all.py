@@ -451,7 +451,7 @@ def test_score_cli_judges_concepts_and_counts_objects(tmp_path):
 
 def test_short_shapes_training_ranks_data_below_noise(tmp_path):
     out = str(tmp_path / "run")
-    common = ["--dataset", "shapes", "--out_dir", out, "--data_dir", str(tmp_path / "data"), "--n_data", "512",
+    common = ["--dataset", "shapes", "--out_dir", out, "--cache_dir", str(tmp_path / "data"), "--n_data", "512",
               "--batch_size", "16", "--steps", "5", "--buffer_size", "256", "--log_interval", "10"]
     code, stdout, stderr = run_cli("train.py", *common, "--concept", "color", "--max_iters", "60")
     assert code == 0, stderr
@@ -511,3 +511,169 @@ def test_shipped_shapes_models_compose_images(tmp_path):
     os.replace(mixed / "color.pt", mixed / "vertical.pt")
     code, _, stderr = run_cli("train.py", "--concept", "vertical", "--out_dir", str(mixed), "--resume")
     assert code != 0 and "it was trained on shapes (3, 32, 32), this run is toy2d (2,)" in stderr
+
+
+# ---------------------------------------------------------------- celeba, torchrun, speed
+
+CELEBA_ATTRS = ("5_o_Clock_Shadow Arched_Eyebrows Attractive Bags_Under_Eyes Bald Bangs Big_Lips Big_Nose "
+                "Black_Hair Blond_Hair Blurry Brown_Hair Bushy_Eyebrows Chubby Double_Chin Eyeglasses Goatee "
+                "Gray_Hair Heavy_Makeup High_Cheekbones Male Mouth_Slightly_Open Mustache Narrow_Eyes No_Beard "
+                "Oval_Face Pale_Skin Pointy_Nose Receding_Hairline Rosy_Cheeks Sideburns Smiling Straight_Hair "
+                "Wavy_Hair Wearing_Earrings Wearing_Hat Wearing_Lipstick Wearing_Necklace Wearing_Necktie Young").split()
+
+
+def make_fake_celeba(root, n=32, seed=0):
+    """A tiny CelebA folder in the real layout. Each 178x218 face: a grey background, a red
+    band over the top 15 rows (the center crop must remove it), and a 60x60 square in the
+    middle, white for Smiling faces and black for the others. The first 3/4 are `train`."""
+    import imageio.v3 as iio
+    rng = np.random.default_rng(seed)
+    os.makedirs(os.path.join(root, "img_align_celeba"), exist_ok=True)
+    attrs = rng.choice([-1, 1], size=(n, 40))
+    attr_lines = [str(n), " ".join(CELEBA_ATTRS) + " "]  # the real file ends its names with a space
+    for i in range(n):
+        img = np.full((218, 178, 3), 128, np.uint8)
+        img[:15] = (255, 0, 0)
+        img[79:139, 59:119] = 255 if attrs[i, CELEBA_ATTRS.index("Smiling")] > 0 else 0
+        iio.imwrite(os.path.join(root, "img_align_celeba", f"{i + 1:06d}.jpg"), img)
+        attr_lines.append(f"{i + 1:06d}.jpg " + " ".join(f"{v:2d}" for v in attrs[i]))
+    with open(os.path.join(root, "list_attr_celeba.txt"), "w") as f:
+        f.write("\n".join(attr_lines) + "\n")
+    with open(os.path.join(root, "list_eval_partition.txt"), "w") as f:
+        f.writelines(f"{i + 1:06d}.jpg {0 if i < n * 3 // 4 else 1}\n" for i in range(n))
+    return attrs > 0  # (n, 40) bool
+
+
+@pytest.fixture(scope="module")
+def fake_celeba(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("celeba"))
+    return root, make_fake_celeba(root)
+
+
+def test_celeba_loader_reads_the_standard_layout(fake_celeba, tmp_path, capsys):
+    root, attrs = fake_celeba
+    ds = load_dataset("celeba", data_dir=root, image_size=64, cache_dir=str(tmp_path))
+    assert ds.x.shape == (24, 3, 64, 64) and ds.x.dtype == torch.uint8  # the train split
+    assert len(ds.concepts) == 40 and ds.concepts["Smiling"] == ("not_Smiling", "Smiling")
+    smiling = attrs[:24, CELEBA_ATTRS.index("Smiling")]
+    assert torch.equal(ds.labels["Smiling"], torch.from_numpy(smiling).long())
+    assert torch.equal(ds.labels["5_o_Clock_Shadow"], torch.from_numpy(attrs[:24, 0]).long())
+    centre = ds.x[:, :, 32, 32].float().mean(1)  # (24,)
+    assert ((centre > 200) == torch.from_numpy(smiling)).all()  # the square, resized into the middle
+    top = ds.x[:, :, 0, :].float()  # (24, 3, 64): the first row after the crop
+    assert (top[:, 0] - top[:, 1]).abs().max() < 30  # grey: the red band was cropped away
+    # batches: floats in [0, 1), dequantised within each uint8 bin
+    x = ds.batch(torch.arange(8))
+    offset = x * 256 - ds.x[:8]  # u: uniform in [0, 1) (up to float rounding)
+    assert x.dtype == torch.float32 and 0 <= x.min() and x.max() <= 1
+    assert -1e-4 < offset.min() and offset.max() < 1 + 1e-4 and abs(offset.std() - 12 ** -0.5) < 0.01
+    # the cache: decoded once, read back identical
+    assert "decoding 24 images" in capsys.readouterr().out
+    again = load_dataset("celeba", data_dir=root, image_size=64, cache_dir=str(tmp_path))
+    assert "decoding" not in capsys.readouterr().out and torch.equal(again.x, ds.x)
+    assert load_dataset("celeba", data_dir=root, image_size=128, split="all", cache_dir=str(tmp_path)).x.shape == \
+        (32, 3, 128, 128)
+
+
+def test_celeba_bad_input_is_named(fake_celeba, tmp_path):
+    root, _ = fake_celeba
+    cache = str(tmp_path / "cache")
+    with pytest.raises(ValueError, match="needs --data_dir"):
+        load_dataset("celeba", cache_dir=cache)
+    with pytest.raises(FileNotFoundError, match="list_attr_celeba.txt is missing"):
+        load_dataset("celeba", data_dir=str(tmp_path), cache_dir=cache)
+    with pytest.raises(ValueError, match="unknown image_size 96; allowed: 64, 128"):
+        load_dataset("celeba", data_dir=root, image_size=96, cache_dir=cache)
+    broken = tmp_path / "broken"
+    make_fake_celeba(str(broken), n=4)
+    (broken / "img_align_celeba" / "000002.jpg").write_bytes(b"not a jpeg")
+    with pytest.raises(ValueError, match="cannot read CelebA image .*000002.jpg"):
+        load_dataset("celeba", data_dir=str(broken), split="all", cache_dir=cache)
+    os.remove(broken / "img_align_celeba" / "000003.jpg")
+    (broken / "img_align_celeba" / "000002.jpg").unlink()
+    with pytest.raises(FileNotFoundError, match="000002.jpg is missing"):
+        load_dataset("celeba", data_dir=str(broken), split="all", cache_dir=cache)
+    assert not [f for f in os.listdir(cache) if f.endswith(".u8")]  # no cache from a failed decode
+    # the command line: one line naming the problem, no traceback
+    for args, message in [(["--concept", "Smiling"], "needs --data_dir"),
+                          (["--concept", "Smiling,Frowning", "--data_dir", root], "Wearing_Necktie, Young")]:
+        code, _, err = run_cli("train.py", "--dataset", "celeba", "--cache_dir", cache, *args)
+        assert code != 0 and message in err and "Traceback" not in err, (args, err)
+    with pytest.raises(ValueError, match="choose the attribute to train with --concept"):
+        train.main(["--dataset", "celeba", "--data_dir", root, "--cache_dir", cache])
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA GPU is visible"):
+            train.main(["--dataset", "celeba", "--data_dir", root, "--device", "cuda"])
+
+
+def readme_celeba_block():
+    """The CelebA commands of the README, as written."""
+    text = open(os.path.join(HERE, "README.md")).read()
+    block = text.split("<!-- celeba commands")[1].split("```bash\n")[1].split("```")[0]
+    return block
+
+
+def test_readme_celeba_commands_run_on_a_fake_folder(fake_celeba, tmp_path):
+    """The smoke loop and the compositions run as written (in a copy of the code, with
+    CELEBA set to the fake folder); the GPU-scale trainings, which would take hours on
+    this CPU, are checked as far as their settings and data."""
+    root, _ = fake_celeba
+    for f in os.listdir(HERE):
+        if f.endswith(".py"):
+            with open(os.path.join(HERE, f)) as src, open(tmp_path / f, "w") as dst:
+                dst.write(src.read())
+    block = readme_celeba_block()
+    long_runs = [line for line in block.splitlines() if "train.py" in line and "--max_iters" not in line]
+    assert len(long_runs) == 2 and any(line.startswith("torchrun --standalone --nproc_per_node=8 ") for line in long_runs)
+    runnable = "\n".join(line for line in block.splitlines() if line not in long_runs and not line.startswith("export"))
+    p = subprocess.run(["bash", "-euc", runnable], cwd=tmp_path, env={**os.environ, "CELEBA": root,  # `python` is this interpreter, as in an activated venv
+                            "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]},
+                       capture_output=True, text=True, timeout=400)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert sorted(os.listdir(tmp_path / "out")) == sorted(re.findall(r"out/(\S+\.png)", block))
+    assert len(re.findall(r"^sampled 16 ", p.stdout, re.M)) == 5
+    for line in long_runs:
+        argv = line.split("train.py", 1)[1].replace("$CELEBA", root).split()
+        cfg = train.parse_config(argv + ["--cache_dir", str(tmp_path / "out-data")])
+        ds = train.dataset_for(cfg)
+        assert train.resolve_family(cfg.concept, ds) == "Smiling" and cfg.preset == f"celeba{cfg.img_size}"
+
+
+def torchrun(*args):
+    exe = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    cmd = [exe] if os.path.exists(exe) else [sys.executable, "-m", "torch.distributed.run"]
+    p = subprocess.run([*cmd, "--standalone", "--nproc_per_node=2", *args], cwd=HERE, capture_output=True,
+                       text=True, timeout=120)
+    return p.returncode, p.stdout, p.stderr
+
+
+def test_torchrun_two_processes_train_one_model(fake_celeba, tmp_path):
+    root, _ = fake_celeba
+    out = str(tmp_path / "run")
+    common = ["train.py", "--dataset", "celeba", "--data_dir", root, "--cache_dir", str(tmp_path / "cache"),
+              "--preset", "shapes32", "--batch_size", "8", "--steps", "3", "--buffer_size", "64", "--out_dir", out]
+    code, stdout, stderr = torchrun(*common, "--concept", "smiling", "--max_iters", "6", "--log_interval", "2")
+    assert code == 0, stderr[-3000:]
+    assert "[Smiling] ddp: weights identical on all 2 ranks" in stdout
+    assert stdout.count("iter     6/6") == 1  # rank 0 alone logs
+    net, ckpt = load_checkpoint(os.path.join(out, "Smiling.pt"))
+    assert ckpt["step"] == 6 and ckpt["buffer"]["x"].shape == (64, 3, 64, 64) and ckpt["family"] == "Smiling"
+    # one rank fails (a broken image while rank 0 builds the cache): the run stops, naming it
+    broken = tmp_path / "broken"
+    make_fake_celeba(str(broken), n=8)
+    (broken / "img_align_celeba" / "000003.jpg").write_bytes(b"not a jpeg")
+    code, _, stderr = torchrun(*common[:4], str(broken), *common[5:], "--concept", "Smiling", "--max_iters", "2")
+    assert code != 0 and "error: cannot read CelebA image" in stderr and "000003.jpg" in stderr
+    assert "error (rank 1): rank 0 failed while preparing the data" in stderr
+
+
+def test_bf16_autocast_keeps_energies_and_gradients_in_fp32():
+    torch.manual_seed(0)
+    net = build_model("image", image_size=32, channels=(8, 16), n_values=2)
+    x = torch.rand(4, 3, 32, 32, requires_grad=True)
+    e32 = net(x, torch.tensor(1))
+    net.bf16 = True  # what a CUDA device with bfloat16 gets by default; forced here on the CPU
+    e16 = net(x, torch.tensor(1))
+    (g,) = torch.autograd.grad(e16.sum(), x)
+    assert e16.dtype == torch.float32 and g.dtype == torch.float32
+    assert not torch.equal(e16, e32) and torch.allclose(e16, e32, atol=0.05 * e32.abs().max().item() + 1e-3)

@@ -5,7 +5,8 @@
     python train.py --dataset toy2d --resume         # continue a stopped run from its checkpoints
     python train.py --dataset shapes --concept color --out_dir out-shapes   # one image concept model
 
-One model is trained per concept family (`--concept vertical` trains just one)
+One model is trained per concept family (`--concept vertical` trains just one,
+`--concept Smiling,Male` two)
 and written to `<out_dir>/<family>.pt`. Each iteration:
   1. x+ (B, ...), c+ (B,): a batch of data and its family labels
   2. x- (B, ...), c-: chains drawn from the replay buffer, advanced by `steps`
@@ -37,6 +38,7 @@ quality can be measured against training time (`python bench.py --curve DIR`).
 """
 import copy
 import dataclasses
+import datetime
 import math
 import os
 import sys
@@ -44,6 +46,8 @@ import time
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
 
 from compose import format_table, load_concepts, sampling_settings, save_image_grid, toy2d_report
 from data import load_dataset
@@ -54,21 +58,23 @@ from sampler import ReplayBuffer, langevin
 @dataclass
 class Config:
     dataset: str = "toy2d"
-    concept: str = ""  # the family to train; empty: every family of the dataset
+    concept: str = ""  # the families to train, comma-separated (e.g. Smiling,Male); empty: every family
     out_dir: str = ""  # default: out-<dataset>
     resume: bool = False
     seed: int = 0
-    device: str = "auto"  # auto: cuda if available, else cpu
+    device: str = "auto"  # auto: cuda if available, else cpu (under torchrun: cuda:LOCAL_RANK)
+    compile: bool = False  # torch.compile the network (helps on GPUs; barely on CPUs)
     workers: int = 0  # families trained side by side; 0: all of them (CPU, at most 8), 1 (CUDA)
     # data
     n_data: int = 50_000
-    image_size: int = 32  # image datasets: 32 or 64
-    data_dir: str = "out-data"  # where rendered datasets are cached
+    img_size: int = 32  # image datasets: shapes 32 or 64, celeba 64 or 128
+    data_dir: str = ""  # celeba: the CelebA folder (img_align_celeba/, list_attr_celeba.txt)
+    cache_dir: str = "out-data"  # where prepared datasets are cached (rendered shapes, decoded CelebA)
     # model
     hidden: int = 128  # mlp (2D data)
     depth: int = 3
     n_freqs: int = 4
-    preset: str = "shapes32"  # image data: a size from model.IMAGE_PRESETS
+    preset: str = ""  # image data: a size from model.IMAGE_PRESETS (default: shapes32, celeba<img_size>)
     # optimisation
     max_iters: int = 3000
     batch_size: int = 128
@@ -104,6 +110,12 @@ DATASET_DEFAULTS = {
                    steps=10, step_size=20.0, noise_scale=0.005, grad_clip=0.01, buffer_size=5000,
                    reinit_prob=0.05, reinit_from_data=0.5, reinit_noise=0.1, reinit_any=True,
                    eval_steps=200, eval_anneal=1.0, log_interval=50, ckpt_interval=250, snapshots=True, ema=0.99),
+    # the paper's scale, for a GPU: batch 128 per process (with torchrun the global
+    # batch is 128 x processes); 40 Langevin steps as in the released code; not tuned here
+    "celeba": dict(img_size=64, max_iters=20_000, batch_size=128, lr=2e-4, min_lr_ratio=0.1, l2=0.1,
+                   steps=40, step_size=20.0, noise_scale=0.005, grad_clip=0.01, buffer_size=10_000,
+                   reinit_prob=0.05, reinit_from_data=0.5, reinit_noise=0.1, reinit_any=True,
+                   eval_steps=200, eval_anneal=1.0, log_interval=50, ckpt_interval=500, ema=0.99),
 }
 
 
@@ -143,8 +155,11 @@ def parse_config(argv):
                 "sample_interval"):
         if getattr(cfg, key) < 1:
             raise ValueError(f"--{key} must be at least 1, got {getattr(cfg, key)}")
+    cfg.preset = cfg.preset or (f"celeba{cfg.img_size}" if cfg.dataset == "celeba" else "shapes32")
     if cfg.preset not in IMAGE_PRESETS:
         raise ValueError(f"unknown --preset {cfg.preset!r}; known presets: {', '.join(IMAGE_PRESETS)}")
+    if cfg.device not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"--device must be auto, cpu or cuda, got {cfg.device!r}")
     cfg.out_dir = cfg.out_dir or f"out-{cfg.dataset}"
     return cfg
 
@@ -163,51 +178,65 @@ def build_concept_model(cfg, ds, family):
 
 
 def train_concept(cfg, ds, family, device, iters_after=0):
-    """Train one concept model on `family`; iters_after: iterations still queued after it (for the ETA)."""
+    """Train one concept model on `family`; iters_after: iterations still queued after it (for the ETA).
+    Under torchrun (DDP) every process runs this; rank 0 logs and writes."""
     path = os.path.join(cfg.out_dir, f"{family}.pt")
-    x_data, c_data = ds.x.to(device), ds.labels[family].to(device)  # (N, ...), (N,) or (N, d)
+    ddp = dist.is_initialized()
+    rank = dist.get_rank() if ddp else 0
+    log = print if rank == 0 else (lambda *a, **k: None)
+    c_data = ds.labels[family].to(device)  # (N,) or (N, d); the inputs stay on the CPU (ds.batch moves them)
     lo, hi = ds.data_range
     continuous = family in ds.ranges
-    net = build_concept_model(cfg, ds, family).to(device)
-    if ds.x.dim() == 4 and device == "cpu":
-        net = net.to(memory_format=torch.channels_last)
-    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, betas=(0.0, 0.999))
-    # The weights of a CD-trained EBM oscillate: chains and model chase each other. Their
-    # running average is a steadier energy for sampling from noise afterwards (as in ICD).
-    ema = copy.deepcopy(net).requires_grad_(False) if cfg.ema else None
+    raw = build_concept_model(cfg, ds, family).to(device)  # the network itself, whatever wraps it
+    if ds.x.dim() == 4 and device.type == "cpu":
+        raw = raw.to(memory_format=torch.channels_last)
     buffer = ReplayBuffer(cfg.buffer_size, ds.x.shape[1:], c_data.shape[1:], c_data.dtype,
                           reinit_prob=cfg.reinit_prob, device=device)
-    step, elapsed = 0, 0.0  # iterations done, seconds spent on them (over resumed runs)
+    step, elapsed, ckpt = 0, 0.0, None  # iterations done, seconds spent on them (over resumed runs)
     if cfg.resume and os.path.exists(path):
         _, ckpt = load_checkpoint(path, device)
         was, now = (ckpt["config"]["dataset"], ckpt["config"]["x_shape"]), (cfg.dataset, list(ds.x.shape[1:]))
         if was != now:
             raise ValueError(f"cannot resume {path}: it was trained on {was[0]} {tuple(was[1])}, "
                              f"this run is {now[0]} {tuple(now[1])}")
-        net.load_state_dict(ckpt["model"])
+        raw.load_state_dict(ckpt["model"])
+        # every rank resumes the chains of rank 0 (the only buffer saved); their own seeds part them
+        buffer.load_state_dict(ckpt["buffer"])
+        step, elapsed = ckpt["step"], ckpt["elapsed"]
+        log(f"[{family}] resumed from {path} at step {step}")
+    if step >= cfg.max_iters:
+        log(f"[{family}] already trained ({step} iterations)")
+        return
+    # DDP: one replica per process, gradients averaged over processes in backward;
+    # wrapping broadcasts rank 0's weights, so every copy starts the same.
+    net = DDP(raw, device_ids=[device.index] if device.type == "cuda" else None) if ddp else raw
+    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, betas=(0.0, 0.999))
+    # The weights of a CD-trained EBM oscillate: chains and model chase each other. Their
+    # running average is a steadier energy for sampling from noise afterwards (as in ICD).
+    ema = copy.deepcopy(raw).requires_grad_(False) if cfg.ema else None
+    if ckpt is not None:
+        opt.load_state_dict(ckpt["optimizer"])
         if ema is not None:
             ema.load_state_dict(ckpt["ema"])
-        opt.load_state_dict(ckpt["optimizer"])
-        buffer.load_state_dict(ckpt["buffer"])
-        torch.set_rng_state(ckpt["rng"])
-        step, elapsed = ckpt["step"], ckpt["elapsed"]
-        print(f"[{family}] resumed from {path} at step {step}")
-    if step >= cfg.max_iters:
-        print(f"[{family}] already trained ({step} iterations)")
-        return
+        if rank == 0:
+            torch.set_rng_state(ckpt["rng"])
+        else:  # only rank 0's random state is saved: the others draw a fresh stream
+            torch.manual_seed(cfg.seed + rank + 7919 * step)
+    if cfg.compile:
+        raw.compile()  # in place: DDP, Langevin and the state dict all see the same module
 
     def checkpoint():
         # the typical energy of each value on (up to 1024 of) its data: compose.py's negation
         # needs it; a continuous family has one, over all its data
         with torch.no_grad():
-            groups = [torch.arange(min(1024, len(x_data)))] if continuous else \
+            groups = [torch.arange(min(1024, len(ds)))] if continuous else \
                 [torch.nonzero(c_data == v).squeeze(1)[:1024] for v in range(len(ds.concepts[family]))]
-            sampler_net = (ema if ema is not None else net).eval()
-            data_energy = [torch.cat([sampler_net(x_data[i], c_data[i]) for i in g.split(256)]).mean().item()
+            sampler_net = (ema if ema is not None else raw).eval()
+            data_energy = [torch.cat([sampler_net(ds.batch(i, device), c_data[i]) for i in g.split(256)]).mean().item()
                            for g in groups]
-            net.train()
-        ckpt = {"model": net.state_dict(), **({"ema": ema.state_dict()} if ema else {}),
-                "model_args": model_args(net), "family": family,
+            raw.train()
+        ckpt = {"model": raw.state_dict(), **({"ema": ema.state_dict()} if ema else {}),
+                "model_args": model_args(raw), "family": family,
                 "values": list(ds.concepts[family]), "encoding": "numbers" if continuous else "index",
                 "range": list(ds.ranges.get(family, ())), "data_energy": data_energy,
                 "optimizer": opt.state_dict(), "step": step, "buffer": buffer.state_dict(),
@@ -220,21 +249,23 @@ def train_concept(cfg, ds, family, device, iters_after=0):
 
     t0, step0 = time.time(), step
     while step < cfg.max_iters:
-        idx = torch.randint(len(x_data), (cfg.batch_size,), device=device)
-        x_pos, c_pos = x_data[idx], c_data[idx]  # (B, ...), (B,) or (B, d)
+        idx = torch.randint(len(ds), (cfg.batch_size,), device=device)
+        x_pos, c_pos = ds.batch(idx, device), c_data[idx]  # (B, ...), (B,) or (B, d)
         # where restarted chains start: uniform noise, or a perturbed data point: of the
         # chain's own concept, or (reinit_any) of any, so the chain must turn it into its concept
         x_new = lo + (hi - lo) * torch.rand_like(x_pos)  # (B, ...)
         near = torch.rand(cfg.batch_size, device=device) < cfg.reinit_from_data
-        x_start = x_data[torch.randint(len(x_data), (cfg.batch_size,), device=device)] if cfg.reinit_any else x_pos
+        x_start = ds.batch(torch.randint(len(ds), (cfg.batch_size,)), device) if cfg.reinit_any else x_pos
         x_new[near] = (x_start[near] + cfg.reinit_noise * torch.randn_like(x_pos[near])).clamp(lo, hi)
         x_neg, c_neg, slots, _ = buffer.sample(x_new, c_pos)
-        # the weights do not change during the chain: spectral norm's W / sigma is computed once
+        # the weights do not change during the chain: spectral norm's W / sigma is computed once.
+        # Langevin runs on the unwrapped network: its forwards must not trigger DDP's gradient sync
         with torch.nn.utils.parametrize.cached():
-            x_neg = langevin(lambda x: net(x, c_neg), x_neg, cfg.steps, cfg.step_size, cfg.noise_scale,
+            x_neg = langevin(lambda x: raw(x, c_neg), x_neg, cfg.steps, cfg.step_size, cfg.noise_scale,
                              clamp=(lo, hi), grad_clip=cfg.grad_clip)
         buffer.update(slots, x_neg, c_neg)
-        e = net(torch.cat([x_pos, x_neg]), torch.cat([c_pos, c_neg]))  # (2B,): one forward for both
+        # one forward for both halves: under DDP, one forward per backward, as it requires
+        e = net(torch.cat([x_pos, x_neg]), torch.cat([c_pos, c_neg]))  # (2B,)
         e_pos, e_neg = e[: cfg.batch_size], e[cfg.batch_size:]
         loss = e_pos.mean() - e_neg.mean() + cfg.l2 * (e_pos.pow(2).mean() + e_neg.pow(2).mean())
         if not torch.isfinite(loss):
@@ -249,7 +280,7 @@ def train_concept(cfg, ds, family, device, iters_after=0):
         opt.step()
         if ema is not None:
             with torch.no_grad():
-                live = net.state_dict()
+                live = raw.state_dict()
                 for key, p_ema in ema.state_dict().items():
                     if key.endswith(("._u", "._v")):  # spectral norm's singular vectors: copied, not averaged
                         p_ema.copy_(live[key])
@@ -259,16 +290,24 @@ def train_concept(cfg, ds, family, device, iters_after=0):
         if step % cfg.log_interval == 0 or step == cfg.max_iters:
             rate = (step - step0) / (time.time() - t0)
             left = (cfg.max_iters - step + iters_after) / rate
-            print(f"[{family}] iter {step:>5}/{cfg.max_iters} | loss {loss.item():+.4f} | "
+            log(f"[{family}] iter {step:>5}/{cfg.max_iters} | loss {loss.item():+.4f} | "
                   f"E+ {e_pos.mean().item():+.3f} | E- {e_neg.mean().item():+.3f} | "
                   f"{rate:.1f} it/s | left {left / 60:.1f} min", flush=True)
-        if x_data.dim() == 4 and (step % cfg.sample_interval == 0 or step == cfg.max_iters):
+        if rank == 0 and ds.x.dim() == 4 and (step % cfg.sample_interval == 0 or step == cfg.max_iters):
             # the chains just advanced, grouped by concept value (continuous: by first number)
             c_show = c_neg[:64] if c_neg.dim() == 1 else c_neg[:64, 0]
             save_image_grid(x_neg[:64][c_show.argsort()], os.path.join(cfg.out_dir, f"{family}_samples.png"))
-        if step % cfg.ckpt_interval == 0 or step == cfg.max_iters:
+        if rank == 0 and (step % cfg.ckpt_interval == 0 or step == cfg.max_iters):
             checkpoint()
-    print(f"[{family}] wrote {path}")
+    if ddp:  # a check that DDP did its job: every replica ends with the same weights
+        flat = torch.cat([p.detach().flatten() for p in raw.parameters()]).double()
+        sums = torch.stack([flat.sum(), (flat * torch.linspace(0, 1, len(flat), device=flat.device)).sum()])
+        gathered = [torch.zeros_like(sums) for _ in range(dist.get_world_size())]
+        dist.all_gather(gathered, sums)
+        if any(not torch.equal(g, gathered[0]) for g in gathered):
+            raise RuntimeError(f"[{family}] the replicas' weights differ after training: DDP went out of sync")
+        log(f"[{family}] ddp: weights identical on all {len(gathered)} ranks")
+    log(f"[{family}] wrote {path}")
 
 
 def train_worker(cfg, family, device, threads):
@@ -279,10 +318,14 @@ def train_worker(cfg, family, device, threads):
 
 
 def dataset_for(cfg):
-    """The run's training data (image datasets take an image size)."""
+    """The run's training data."""
     if cfg.dataset == "toy2d":
-        return load_dataset(cfg.dataset, n=cfg.n_data, seed=cfg.seed)
-    return load_dataset(cfg.dataset, n=cfg.n_data, seed=cfg.seed, image_size=cfg.image_size, cache_dir=cfg.data_dir)
+        return load_dataset("toy2d", n=cfg.n_data, seed=cfg.seed)
+    if cfg.dataset == "shapes":
+        return load_dataset("shapes", n=cfg.n_data, seed=cfg.seed, image_size=cfg.img_size, cache_dir=cfg.cache_dir)
+    if cfg.dataset == "celeba":  # every image of the training split; --n_data does not apply
+        return load_dataset("celeba", data_dir=cfg.data_dir, image_size=cfg.img_size, cache_dir=cfg.cache_dir)
+    return load_dataset(cfg.dataset)  # an unknown name: the error lists the known ones
 
 
 def run_config(cfg, ds):
@@ -290,20 +333,55 @@ def run_config(cfg, ds):
     return {**dataclasses.asdict(cfg), "data_range": list(ds.data_range), "x_shape": list(ds.x.shape[1:])}
 
 
+def setup_device(cfg):
+    """The device, and the process group when launched by torchrun (which sets RANK).
+
+    torchrun --standalone --nproc_per_node=N train.py ... starts N copies of this
+    script; each finds its rank in the environment. On GPUs each process takes
+    GPU LOCAL_RANK and talks over NCCL; on CPUs they talk over gloo. Each draws
+    its own batch of `batch_size` (the global batch is batch_size x N) and runs
+    its own replay buffer from its own seed; DDP averages the gradients, so the
+    learning rate applies to the global batch as it is.
+    """
+    cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
+    if cuda and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for, but no CUDA GPU is visible")
+    if "RANK" not in os.environ:
+        return torch.device("cuda" if cuda else "cpu")
+    local_rank, local_world = int(os.environ["LOCAL_RANK"]), int(os.environ["LOCAL_WORLD_SIZE"])
+    if cuda and local_world > torch.cuda.device_count():
+        raise ValueError(f"--nproc_per_node={local_world} but only {torch.cuda.device_count()} GPU(s) are visible: "
+                         f"start at most one process per GPU")
+    device = torch.device(f"cuda:{local_rank}" if cuda else "cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    # a long timeout: the other ranks wait while rank 0 decodes CelebA once (main)
+    dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(hours=2))
+    return device
+
+
 def main(argv):
     cfg = parse_config(argv)
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
-    torch.manual_seed(cfg.seed)
+    device = setup_device(cfg)
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    torch.manual_seed(cfg.seed + rank)  # each rank its own chains and batches (DDP syncs the weights)
+    # rank 0 prepares the dataset cache (render or decode) while the others wait, then they read it
+    if rank > 0:
+        try:
+            dist.barrier()
+        except RuntimeError:  # rank 0 died: its own message says why
+            raise RuntimeError("rank 0 failed while preparing the data (its error is above); stopping") from None
     ds = dataset_for(cfg)
-    families = [cfg.concept] if cfg.concept else list(ds.concepts)
-    for fam in families:
-        if fam not in ds.concepts:
-            raise ValueError(f"unknown concept family {fam!r} for {cfg.dataset}; known: {', '.join(ds.concepts)}")
+    if rank == 0 and dist.is_initialized():
+        dist.barrier()
+    families = [resolve_family(name, ds) for name in cfg.concept.split(",")] if cfg.concept else list(ds.concepts)
+    if cfg.dataset == "celeba" and not cfg.concept:
+        raise ValueError(f"choose the attribute to train with --concept; CelebA's 40: {', '.join(ds.concepts)}")
     os.makedirs(cfg.out_dir, exist_ok=True)
     t0 = time.time()
     small = ds.x.dim() == 2  # 2D points: tiny models, one process each (below); images use every core
-    workers = cfg.workers or (min(len(families), 8) if device == "cpu" and small else 1)
-    if workers > 1:
+    workers = cfg.workers or (min(len(families), 8) if device.type == "cpu" and small else 1)
+    if workers > 1 and not dist.is_initialized():
         # Small models on a CPU are bound by Python and kernel launches, not arithmetic:
         # one single-threaded process per family trains them side by side ~2x faster.
         with torch.multiprocessing.get_context("spawn").Pool(workers) as pool:
@@ -312,18 +390,30 @@ def main(argv):
     else:
         for i, fam in enumerate(families):
             train_concept(cfg, ds, fam, device, iters_after=cfg.max_iters * (len(families) - i - 1))
-    print(f"trained {len(families)} model(s) in {time.time() - t0:.1f} s")
-    if cfg.dataset == "toy2d" and len(families) == len(ds.concepts):
+    if rank == 0:
+        print(f"trained {len(families)} model(s) in {time.time() - t0:.1f} s")
+    if rank == 0 and cfg.dataset == "toy2d" and len(families) == len(ds.concepts):
         concepts = load_concepts(cfg.out_dir)
         settings = sampling_settings(run_config(cfg, ds))
         fig = os.path.join(cfg.out_dir, "toy2d.png")
         rows = toy2d_report(concepts, fig, settings)
         print(format_table(rows))
         print(f"wrote {fig}; total time {time.time() - t0:.1f} s")
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def resolve_family(name, ds):
+    """A concept family by name, case-insensitively (`--concept smiling` is Smiling)."""
+    match = [f for f in ds.concepts if f.lower() == name.lower()]
+    if not match:
+        raise ValueError(f"unknown concept family {name!r} for {ds.name}; known: {', '.join(ds.concepts)}")
+    return match[0]
 
 
 if __name__ == "__main__":
     try:
         main(sys.argv[1:])
     except (ValueError, FileNotFoundError, RuntimeError) as e:
-        sys.exit(f"error: {e}")
+        rank = os.environ.get("RANK", "0")  # under torchrun every rank reports its own error
+        sys.exit(f"error: {e}" if rank == "0" else f"error (rank {rank}): {e}")
