@@ -186,7 +186,7 @@ def bench_sampler_on_exact_energies(steps=300, anneal=20.0):
     concepts = {name: Concept(mixture(fam), fam, i, name, data_energy=1.0)
                 for fam, names in TOY2D_FAMILIES.items() for i, name in enumerate(names)}
     settings = {"steps": steps, "step_size": 0.01, "noise_scale": 0.1, "anneal": anneal,
-                "grad_clip": 40.0, "data_range": (-3.0, 3.0), "x_shape": (2,)}
+                "grad_clip": 40.0, "data_range": (-3.0, 3.0), "x_shape": (2,), "resample": True}
     print(f"\nthe sampler on the exact toy2d energies ({steps} steps, anneal {anneal:g}, 2000 samples)")
     print(f"{'expression':<26} {'precision':>9} {'mode TV':>8}")
     for text in TOY2D_SUITE:
