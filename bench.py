@@ -26,8 +26,9 @@ import time
 
 import torch
 
-from compose import TOY2D_SUITE, Concept, parse, sample, toy2d_quality
-from data import TOY2D_FAMILIES, TOY2D_STD, Dataset, toy2d_modes
+from compose import (TOY2D_SUITE, Concept, _pyplot, balance, load_concepts, log_partition, parse, sample,
+                     sampling_settings, toy2d_quality)
+from data import TOY2D_FAMILIES, TOY2D_STD, Dataset, make_toy2d, toy2d_modes
 from model import IMAGE_PRESETS, build_model
 from sampler import langevin
 from train import dataset_for, parse_config, train_concept
@@ -170,9 +171,9 @@ def bench_speed(repeats=5):
     print(f"sampler speedup {min(speedups):.2f}x")
 
 
-def bench_sampler_on_exact_energies(steps=300, anneal=20.0):
-    """The composition sampler on the true toy2d energies (each concept: -log of a mixture of
-    its eight Gaussians): what is left of the mode TV here is the sampler's own error."""
+def exact_toy2d_concepts():
+    """The six toy2d names with their true energies: each concept -log of the mixture of its
+    eight Gaussians (up to a constant)."""
     centres, labels = toy2d_modes()
 
     def mixture(family):
@@ -183,10 +184,19 @@ def bench_sampler_on_exact_energies(steps=300, anneal=20.0):
         return energy
 
     # data_energy 1.0: the mean of d^2 / (2 std^2) over a concept's own data
-    concepts = {name: Concept(mixture(fam), fam, i, name, data_energy=1.0)
-                for fam, names in TOY2D_FAMILIES.items() for i, name in enumerate(names)}
-    settings = {"steps": steps, "step_size": 0.01, "noise_scale": 0.1, "anneal": anneal,
-                "grad_clip": 40.0, "data_range": (-3.0, 3.0), "x_shape": (2,), "resample": True}
+    return {name: Concept(mixture(fam), fam, i, name, data_energy=1.0)
+            for fam, names in TOY2D_FAMILIES.items() for i, name in enumerate(names)}
+
+
+def exact_toy2d_settings(steps=300, anneal=20.0):
+    return {"steps": steps, "step_size": 0.01, "noise_scale": 0.1, "anneal": anneal, "grad_clip": 40.0,
+            "data_range": (-3.0, 3.0), "x_shape": (2,), "resample": True}
+
+
+def bench_sampler_on_exact_energies(steps=300, anneal=20.0):
+    """The composition sampler on the true toy2d energies: what is left of the mode TV here
+    is the sampler's own error."""
+    concepts, settings = exact_toy2d_concepts(), exact_toy2d_settings(steps, anneal)
     print(f"\nthe sampler on the exact toy2d energies ({steps} steps, anneal {anneal:g}, 2000 samples)")
     print(f"{'expression':<26} {'precision':>9} {'mode TV':>8}")
     for text in TOY2D_SUITE:
@@ -294,12 +304,106 @@ def bench_curve(out_dir, n=128, steps=None, every=500):
         print(f"{os.path.basename(path):<28} {ckpt['elapsed'] / 60:>7.1f} {ok.float().mean().item():>8.3f}", flush=True)
 
 
+# Disjunctions of toy2d whose terms have different partition functions (and one whose do not)
+TOY2D_DISJUNCTIONS = ["top | right", "inner | (bottom & left)", "outer | (top & right & inner)",
+                      "(top & left) | bottom", "(top & ~right) | (bottom & right & outer)"]
+
+
+def toy2d_sets(ckpt_dir):
+    """(name, concepts, settings): the exact energies, and the models trained in ckpt_dir."""
+    sets = [("exact", exact_toy2d_concepts(), exact_toy2d_settings())]
+    if not os.path.isdir(ckpt_dir):
+        print(f"({ckpt_dir} does not exist: run python train.py --dataset toy2d for the trained rows)")
+        return sets
+    trained = load_concepts(ckpt_dir)
+    return sets + [("trained", trained, sampling_settings(next(iter(trained.values())).config, steps=300))]
+
+
+def bench_samplers(ckpt_dir="out-toy2d", shapes_dir="checkpoints/shapes", seeds=(0, 1, 2)):
+    """ULA, MALA and HMC (5 leapfrog steps) at equal numbers of gradient evaluations (300 on
+    toy2d, annealed from T = 20 with resampling; 200 on shapes, the cold image sampler):
+    median over seeds of each row's mode TV, the worst precision, and the time."""
+    methods = [("ula", {}), ("mala", {}), ("hmc", {"leapfrog": 5})]
+    print(f"{'energies':<8} {'sampler':<7} {'mode TV by expression (median of 3 seeds)':<58} "
+          f"{'median':>6} {'min prec':>8} {'time':>7}")
+    for name, concepts, settings in toy2d_sets(ckpt_dir):
+        exprs = [parse(t, concepts) for t in TOY2D_SUITE]
+        for method, kw in methods:
+            s, t0, tvs, precs = dict(settings, method=method, **kw), time.time(), [], []
+            for expr in exprs:
+                qs = [toy2d_quality(sample(expr, 2000, s, seed=seed), expr) for seed in seeds]
+                tvs.append(statistics.median(q["mode_tv"] for q in qs))
+                precs.append(min(q["precision"] for q in qs))
+            print(f"{name:<8} {method:<7} {' '.join(f'{v:.3f}' for v in tvs):<58} {statistics.median(tvs):>6.3f} "
+                  f"{min(precs):>8.3f} {time.time() - t0:>6.0f}s", flush=True)
+    print(f"(expressions: {', '.join(TOY2D_SUITE)})")
+    from infer import load_judge, score
+    concepts, judge = load_concepts(shapes_dir), load_judge()[0]
+    for text in ("green", "cube & red & size=0.6"):
+        expr = parse(text, concepts)
+        for method, kw in methods:
+            t0 = time.time()
+            x = sample(expr, 128, sampling_settings(concepts["red"].config, method=method, **kw))
+            print(f"shapes  {method:<7} {text:<30} judge accuracy {score(expr, x, judge)[0]:.3f} "
+                  f"{time.time() - t0:>6.0f}s", flush=True)
+
+
+def bench_partition(ckpt_dir="out-toy2d", figure="assets/toy2d_energy_hist.png", seeds=(0, 1, 2)):
+    """Appendix A.6 on toy2d: the energies each trained model gives its own data (a figure), a
+    per-model temperature that aligns their spreads, and disjunctions before and after
+    weighting every disjunct by its partition function (quadrature; AIS for comparison)."""
+    sets = toy2d_sets(ckpt_dir)
+    if len(sets) == 2:
+        plt = _pyplot()
+        trained = sets[1][1]
+        ds = make_toy2d(20_000, seed=123)
+        fig, ax = plt.subplots(figsize=(7, 3.5))
+        spread = {}
+        for name, c in trained.items():
+            mine = ds.x[ds.labels[c.family] == c.value]  # (n, 2) the concept's own data
+            with torch.no_grad():
+                e = c(mine)
+            spread[name] = e.std().item()
+            ax.hist(e.numpy(), bins=60, histtype="step", label=f"{name} (mean {e.mean():.2f}, std {e.std():.2f})")
+        ax.set_xlabel("E(x | c) on the concept's own data")
+        ax.legend(fontsize=7)
+        os.makedirs(os.path.dirname(figure), exist_ok=True)
+        fig.tight_layout()
+        fig.savefig(figure, dpi=100)
+        print(f"wrote {figure}")
+        # per-model temperature: every model's energy divided by T_m = its data spread / the median spread
+        ref = statistics.median(spread.values())
+        tempered = {n: Concept(lambda x, v, m=c.model, t=spread[n] / ref: m(x, v) / t, c.family, c.value, n,
+                               c.data_energy * ref / spread[n]) for n, c in trained.items()}
+        sets.append(("tempered", tempered, sets[1][2]))
+    print(f"{'energies':<9} {'expression':<42} {'ULA':>6} {'MALA':>6} {'ULA, balanced':>13} "
+          f"{'MALA, balanced':>14} {'(log Z by AIS)':>14}   log Z of the terms")
+
+    def tv(expr, settings, method):  # median mode TV over the seeds
+        return statistics.median(toy2d_quality(sample(expr, 2000, dict(settings, method=method), seed=s), expr)
+                                 ["mode_tv"] for s in seeds)
+
+    for name, concepts, settings in sets:
+        for text in TOY2D_DISJUNCTIONS:
+            expr = parse(text, concepts)
+            plain = [tv(expr, settings, m) for m in ("ula", "mala")]
+            balance(expr, settings)
+            log_z = list(expr.log_z)
+            bal = [tv(expr, settings, m) for m in ("ula", "mala")]
+            expr.log_z = [log_partition(t, settings, ais=True) for t in expr.terms]
+            ais = tv(expr, settings, "mala")
+            print(f"{name:<9} {text:<42} {plain[0]:>6.3f} {plain[1]:>6.3f} {bal[0]:>13.3f} {bal[1]:>14.3f} "
+                  f"{ais:>14.3f}   {', '.join(f'{z:.2f}' for z in log_z)}", flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)
     ap.add_argument("--toy2d", type=int, default=0, metavar="RUNS", help="train toy2d RUNS times")
     ap.add_argument("--shapes", metavar="CKPT_DIR", help="judge compositions of these shapes models")
     ap.add_argument("--curve", metavar="OUT_DIR", help="accuracy against training time of a shapes run")
     ap.add_argument("--steps", type=int, default=None, help="Langevin steps for --shapes / --curve")
+    ap.add_argument("--samplers", action="store_true", help="ULA, MALA and HMC at equal cost")
+    ap.add_argument("--partition", action="store_true", help="partition functions and disjunctions (A.6)")
     args = ap.parse_args()
     os.chdir(os.path.dirname(os.path.abspath(__file__)))
     if args.shapes or args.curve:  # image benchmarks only
@@ -310,6 +414,12 @@ def main():
         return
     if args.toy2d:
         bench_toy2d(args.toy2d)
+        return
+    if args.samplers or args.partition:
+        if args.partition:
+            bench_partition()
+        if args.samplers:
+            bench_samplers()
         return
     bench_sampler_on_exact_energies()
     bench_speed()

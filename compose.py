@@ -16,6 +16,9 @@ it only removes `b` from `a` and never pulls chains anywhere else. m_b is the
 typical energy of `b` on its own training data (stored in its checkpoint) plus
 NEG_MARGIN nats: exp(-NEG_MARGIN) as likely as typical `b` counts as "not b".
 In probabilities: p(x | a, not b) ~ p(x | a) * sigmoid(E_b - m_b)^alpha.
+The disjunction weighs each term by its partition function Z (the paper assumes them
+equal); balance(expr, settings) measures log Z of every disjunct (log_partition) and
+weights the mixture so that each term counts equally (`--balance`).
 A negation with nothing positive to ground it (`~b`, `~a | b`) is refused.
 
 From Python:
@@ -26,6 +29,7 @@ From Python:
 From the command line (every checkpoint in the folder is loaded):
     python compose.py "top & ~right" --ckpt_dir out-toy2d --num 2000 --save out-toy2d/top_not_right.npz
     python compose.py "cube & red & size=0.6 & position=(0.5,-0.3)" --ckpt_dir checkpoints/shapes --num 64 --save out/x.png
+    python compose.py "inner | (bottom & left)" --ckpt_dir out-toy2d --balance --sampler mala
 
 Continuous concepts (the `size` and `position` models of `shapes`) take their
 numbers after '=': `size=0.6`, `position=(0.5,-0.3)`; a value outside the range
@@ -38,6 +42,7 @@ precision and mode TV of a set of samples.
 """
 import argparse
 import glob
+import math
 import os
 import re
 import sys
@@ -142,9 +147,15 @@ class And(Energy):
 
 
 class Or(Energy):
-    def __init__(self, terms, temperature=1.0):
+    """a | b: the mixture of the terms' distributions. The paper's -logsumexp(-E_a, -E_b)
+    weighs each term by its partition function Z (eq. 7 assumes they are equal); with
+    log_z set (balance()), -logsumexp(-E_a - log Z_a, -E_b - log Z_b) is the
+    equal-weight mixture of the normalised terms, whatever their Z."""
+
+    def __init__(self, terms, temperature=1.0, log_z=None):
         self.terms = [u for t in terms for u in (t.terms if isinstance(t, Or) else [t])]
         self.temperature = temperature
+        self.log_z = log_z  # None, or one log partition function per term
         for t in self.terms:
             if isinstance(t, Not):
                 raise ValueError(f"disjunct {t!r} is a negation with nothing positive to ground it")
@@ -153,6 +164,8 @@ class Or(Energy):
     def __call__(self, x):
         T = self.temperature
         e = torch.stack([t(x) for t in self.terms])  # (n_terms, B)
+        if self.log_z is not None:
+            e = e + torch.tensor(self.log_z, device=x.device)[:, None]
         return -T * torch.logsumexp(-e / T, dim=0)  # (B,)
 
     def __repr__(self):
@@ -309,12 +322,13 @@ def sampling_settings(config, **overrides):
     s = {"steps": config["eval_steps"], "step_size": config["step_size"],
          "noise_scale": config["noise_scale"], "anneal": config["eval_anneal"], "grad_clip": config["grad_clip"],
          "data_range": tuple(config["data_range"]), "x_shape": tuple(config["x_shape"])}
+    s.update({"method": "ula", "leapfrog": 5})
     s.update({k: v for k, v in overrides.items() if v is not None})
     s["resample"] = s["anneal"] > 1  # importance weights are only defined for an annealed start
     return s
 
 
-def sample(expr, n, settings, seed=0, keep_every=0, device="cpu"):
+def sample(expr, n, settings, seed=0, keep_every=0, device="cpu", log_z=False):
     """Draw n samples of a composition: Langevin from uniform noise (annealed, with
     resampling, where the settings say so)."""
     lo, hi = settings["data_range"]
@@ -324,7 +338,37 @@ def sample(expr, n, settings, seed=0, keep_every=0, device="cpu"):
     with torch.nn.utils.parametrize.cached():  # spectral norm: W / sigma once, not every step
         return langevin(expr, x0, settings["steps"], settings["step_size"], settings["noise_scale"],
                         anneal=settings["anneal"], resample=settings["resample"], clamp=(lo, hi),
-                        grad_clip=settings["grad_clip"], keep_every=keep_every)
+                        grad_clip=settings["grad_clip"], keep_every=keep_every,
+                        method=settings.get("method", "ula"), leapfrog=settings.get("leapfrog", 5),
+                        log_z=log_z)
+
+
+def log_partition(expr, settings, n=512, seed=0, ais=None):
+    """log Z = log of the integral of exp(-E) over the data box. For 2D data a quadrature on
+    a 600x600 grid (exact to the plotting eye); otherwise (or with ais=True) annealed
+    importance sampling with n chains of MALA from uniform noise (sampler.langevin,
+    log_z=True): unbiased in Z."""
+    lo, hi = settings["data_range"]
+    if not ais and tuple(settings["x_shape"]) == (2,):
+        g = torch.linspace(lo, hi, 600)
+        grid = torch.stack(torch.meshgrid(g, g, indexing="xy"), -1).reshape(-1, 2)  # (360000, 2)
+        with torch.no_grad():
+            e = torch.cat([expr(chunk) for chunk in grid.split(40_000)])
+        return (torch.logsumexp(-e, 0) + 2 * math.log(g[1] - g[0])).item()
+    s = dict(settings, method="mala", anneal=max(settings["anneal"], 20.0), resample=True)
+    _, log_z = sample(expr, n, s, seed=seed, log_z=True)
+    return log_z
+
+
+def balance(expr, settings):
+    """Set every disjunction's log_z (see Or), inside out; returns expr."""
+    for t in getattr(expr, "terms", []):
+        balance(t, settings)
+    if isinstance(expr, Not):
+        balance(expr.inner, settings)
+    if isinstance(expr, Or):
+        expr.log_z = [log_partition(t, settings) for t in expr.terms]
+    return expr
 
 
 # ----------------------------------------------------------------------------
@@ -495,6 +539,11 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=None, help="Langevin steps (default: from the checkpoint)")
     p.add_argument("--step_size", type=float, default=None)
     p.add_argument("--anneal", type=float, default=None, help="starting temperature")
+    p.add_argument("--sampler", choices=("ula", "mala", "hmc"), default=None,
+                   help="ula (default): Langevin as in the paper; mala / hmc: with a Metropolis test")
+    p.add_argument("--leapfrog", type=int, default=None, help="hmc: gradient steps per proposal (default 5)")
+    p.add_argument("--balance", action="store_true", help="weight each disjunct by its partition function "
+                   "(log Z: quadrature in 2D, annealed importance sampling otherwise); best with --sampler mala")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     if args.num < 1:
@@ -508,7 +557,10 @@ def main(argv=None):
     is_toy2d = config["dataset"] == "toy2d"
     if is_toy2d:
         exact_weights(expr)  # an expression that selects no mode is an error, before sampling
-    settings = sampling_settings(config, steps=args.steps, step_size=args.step_size, anneal=args.anneal)
+    settings = sampling_settings(config, steps=args.steps, step_size=args.step_size, anneal=args.anneal,
+                                 method=args.sampler, leapfrog=args.leapfrog)
+    if args.balance:
+        balance(expr, settings)
     words = args.expr.replace("~", " not ").replace("&", " and ").replace("|", " or ")
     save = args.save or os.path.join(args.ckpt_dir, re.sub(r"\W+", "_", words).strip("_") + ".npz")
     t0 = time.time()

@@ -27,12 +27,14 @@ Each draw restarts a share `reinit_prob` of chains from points the caller gives
 
 This file imports nothing from the project.
 """
+import math
+
 import torch
 
 
 def langevin(energy, x, n_steps, step_size, noise_scale=None, anneal=1.0, resample=False,
-             clamp=None, grad_clip=None, keep_every=0):
-    """Run `n_steps` of Langevin dynamics on `energy` from `x`; return the samples.
+             clamp=None, grad_clip=None, keep_every=0, method="ula", leapfrog=5, log_z=False):
+    """Run `n_steps` gradient evaluations of Langevin dynamics on `energy` from `x`; return the samples.
 
     energy:      function x (B, ...) -> (B,)
     x:           (B, ...) starting points (not modified)
@@ -44,11 +46,24 @@ def langevin(energy, x, n_steps, step_size, noise_scale=None, anneal=1.0, resamp
     clamp:       (low, high) to keep samples in the data range, or None
     grad_clip:   clip each coordinate of the gradient to [-grad_clip, grad_clip], or None
     keep_every:  if > 0, also return a list of snapshots every that many steps (for GIFs)
+    method:      "ula": the plain step of eq. 3 (unadjusted); "mala": the same step as a
+                 proposal, accepted or rejected by Metropolis-Hastings; "hmc": Hamiltonian
+                 Monte Carlo, `leapfrog` gradient steps per proposal (n_steps // leapfrog proposals)
+    log_z:       with resample, also return the estimate of log of the integral of
+                 exp(-E / tau) over the clamp box (annealed importance sampling; exact in
+                 expectation of Z with MALA or HMC, whose moves keep each p_k invariant)
+
+    The step samples exp(-E / tau) with tau = noise_scale^2 / step_size (1 for textbook
+    Langevin; the cold image sampler's tiny noise is a tiny tau) times the annealing
+    temperature T_k. ULA is biased: with a finite step its chains follow a slightly wrong
+    distribution (too wide, and clamped at the walls). MALA and HMC remove that bias: a
+    proposal that raises the energy more than the noise explains is refused, and one that
+    leaves the clamp box is refused too. Both cost one gradient per gradient step, as ULA.
 
     Why resample: Langevin chains rarely cross the high-energy gaps between modes,
     so where they end depends on where they started, not on how much probability
-    each mode holds. With resampling, step k targets p_k ~ exp(-E / T_k); each
-    chain carries a log-weight that grows by -(1/T_k - 1/T_(k-1)) * E(x) as the
+    each mode holds. With resampling, step k targets p_k ~ exp(-E / (tau T_k)); each
+    chain carries a log-weight that grows by -(1/T_k - 1/T_(k-1)) * E / tau as the
     target sharpens (annealed importance sampling, Neal 2001), and when the
     weights grow uneven (effective sample size below half) the chains are
     redrawn in proportion to them: chains stranded in poor regions are dropped,
@@ -57,35 +72,87 @@ def langevin(energy, x, n_steps, step_size, noise_scale=None, anneal=1.0, resamp
     if n_steps < 0 or step_size <= 0 or anneal < 1:
         raise ValueError(f"need n_steps >= 0, step_size > 0 and anneal >= 1, got {n_steps}, {step_size}, {anneal}")
     noise_scale = step_size ** 0.5 if noise_scale is None else noise_scale
+    if method not in ("ula", "mala", "hmc") or leapfrog < 1 or (method != "ula" and noise_scale <= 0):
+        raise ValueError(f"method must be 'ula', 'mala' or 'hmc' (leapfrog >= 1, noise_scale > 0 for the "
+                         f"last two), got {method!r}, leapfrog {leapfrog}, noise_scale {noise_scale}")
+    tau = noise_scale ** 2 / step_size  # the temperature the step samples at (before annealing)
+    per_move = leapfrog if method == "hmc" else 1  # gradient evaluations per move
+    n_moves = n_steps // per_move
     # temperatures T_k from `anneal` down to 1, geometrically
-    temps = [anneal ** (1 - k / max(n_steps - 1, 1)) for k in range(n_steps)]
+    temps = [anneal ** (1 - k / max(n_moves - 1, 1)) for k in range(n_moves)]
     x = x.detach().clone()
+    e, grad = energy_and_grad(energy, x, grad_clip)
     log_w = torch.zeros(len(x), device=x.device)  # (B,) importance log-weights
+    log_z_est = 0.0  # log of the mean weight, summed over resampling rounds
     chain = [x.clone()] if keep_every else None
-    for k in range(n_steps):
-        x.requires_grad_(True)
-        e = energy(x)  # (B,)
-        # grad w.r.t. x only: autograd skips every parameter-gradient computation
-        (grad,) = torch.autograd.grad(e.sum(), x)
-        with torch.no_grad():
-            if resample:
-                # the start is uniform noise: the target at T = inf
-                log_w -= (1 / temps[k] - (1 / temps[k - 1] if k else 0.0)) * e
-                w = torch.softmax(log_w, 0)  # (B,)
-                if 1 / w.pow(2).sum() < len(w) / 2 or k == n_steps - 1:  # effective sample size
-                    idx = systematic_resample(w)
-                    x, grad = x[idx], grad[idx]
-                    log_w.zero_()
-            if grad_clip is not None:
-                grad.clamp_(-grad_clip, grad_clip)
-            x = x - 0.5 * step_size * grad
-            if noise_scale > 0:
-                x.add_(torch.randn_like(x), alpha=noise_scale * temps[k] ** 0.5)
-            if clamp is not None:
-                x.clamp_(clamp[0], clamp[1])
+    for k in range(n_moves):
+        if resample:
+            # the start is uniform noise: the target at T = inf
+            log_w -= (1 / temps[k] - (1 / temps[k - 1] if k else 0.0)) * e / tau
+            w = torch.softmax(log_w, 0)  # (B,)
+            if 1 / w.pow(2).sum() < len(w) / 2 or k == n_moves - 1:  # effective sample size
+                log_z_est += (torch.logsumexp(log_w, 0) - math.log(len(w))).item()
+                idx = systematic_resample(w)
+                x, e, grad = x[idx], e[idx], grad[idx]
+                log_w.zero_()
+        sigma = noise_scale * temps[k] ** 0.5  # the noise std of this move
+        if method == "ula":
+            with torch.no_grad():
+                x = x - 0.5 * step_size * grad
+                if sigma > 0:
+                    x.add_(torch.randn_like(x), alpha=sigma)
+                if clamp is not None:
+                    x.clamp_(clamp[0], clamp[1])
+            if k < n_moves - 1:  # the last step needs no gradient
+                e, grad = energy_and_grad(energy, x, grad_clip)
+        else:
+            x, e, grad = metropolis_move(energy, x, e, grad, step_size, sigma, tau * temps[k], clamp, grad_clip,
+                                         leapfrog if method == "hmc" else 1)
         if keep_every and (k + 1) % keep_every == 0:
             chain.append(x.clone())
+    if log_z:
+        if not (resample and clamp is not None):
+            raise ValueError("log_z needs resample=True and a clamp box (the uniform start's support)")
+        log_z_est += x[0].numel() * math.log(clamp[1] - clamp[0])  # the start is uniform on the box
+        return (x, chain, log_z_est) if keep_every else (x, log_z_est)
     return (x, chain) if keep_every else x
+
+
+def energy_and_grad(energy, x, grad_clip=None):
+    """E(x) (B,) and its gradient w.r.t. x only (clipped per coordinate): autograd skips
+    every parameter-gradient computation."""
+    x = x.detach().requires_grad_(True)
+    e = energy(x)  # (B,)
+    (grad,) = torch.autograd.grad(e.sum(), x)
+    if grad_clip is not None:
+        grad.clamp_(-grad_clip, grad_clip)
+    return e.detach(), grad
+
+
+def metropolis_move(energy, x, e, grad, step_size, sigma, tau, clamp, grad_clip, leapfrog):
+    """One MALA (leapfrog = 1) or HMC proposal per chain, accepted by Metropolis-Hastings
+    for the target exp(-E / tau). In the units of the Langevin step: momentum p ~ N(0, I),
+    position steps of sigma * p, gradient kicks of step_size / 2 * grad E. With one leapfrog
+    step the proposal is exactly the ULA step x - step_size/2 grad + sigma * noise, and
+    the acceptance test is MALA's. A (clipped) gradient field still gives a reversible,
+    volume-preserving leapfrog map, so the test stays exact with grad_clip."""
+    dims = tuple(range(1, x.dim()))
+    kick = step_size / sigma  # = sigma / tau: a full leapfrog kick per unit of grad E
+    p0 = torch.randn_like(x)  # (B, ...)
+    p = p0 - 0.5 * kick * grad  # half kick
+    x_new, e_new, g_new = x, e, grad
+    for i in range(leapfrog):
+        x_new = x_new + sigma * p
+        e_new, g_new = energy_and_grad(energy, x_new, grad_clip)
+        p = p - (kick if i < leapfrog - 1 else 0.5 * kick) * g_new  # full kicks, a half one at the end
+    # the Hamiltonian E / tau + |p|^2 / 2 is (nearly) conserved; accept with its change
+    log_accept = (e - e_new) / tau + 0.5 * (p0.pow(2).sum(dims) - p.pow(2).sum(dims))  # (B,)
+    ok = torch.log(torch.rand_like(log_accept)) < log_accept
+    if clamp is not None:  # the target lives in the box: a proposal outside it is refused
+        ok &= ((x_new >= clamp[0]) & (x_new <= clamp[1])).flatten(1).all(1)
+    shape = (-1,) + (1,) * (x.dim() - 1)
+    return (torch.where(ok.view(shape), x_new, x), torch.where(ok, e_new, e),
+            torch.where(ok.view(shape), g_new, grad))
 
 
 def systematic_resample(w):
