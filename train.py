@@ -224,6 +224,10 @@ def train_concept(cfg, ds, family, device, iters_after=0):
             torch.manual_seed(cfg.seed + rank + 7919 * step)
     if cfg.compile:
         raw.compile()  # in place: DDP, Langevin and the state dict all see the same module
+    world = dist.get_world_size() if ddp else 1
+    log(f"[{family}] {sum(p.numel() for p in raw.parameters()) / 1e6:.2f}M parameters on {device}, "
+        f"batch {cfg.batch_size} x {world} process(es), {cfg.steps} Langevin steps, "
+        f"iterations {step} -> {cfg.max_iters}", flush=True)
 
     def checkpoint():
         # the typical energy of each value on (up to 1024 of) its data: compose.py's negation
