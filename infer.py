@@ -8,6 +8,13 @@ based inference is compared against.
     python infer.py --train_judge                      # ~5 min on 2 CPU cores -> checkpoints/shapes/judge.pt
     python infer.py --score "sphere & blue" --samples out/x.npz
     python infer.py --score "position=(-0.5,-0.5) & position=(0.5,0.5)" --samples out/two.npz
+    python infer.py --ckpt_dir checkpoints/shapes --concept position --images a.png b.png [--joint] [--map m.png]
+
+Concept inference (paper section 3.5): the value of a concept family behind an image is
+argmin_c E(x | c); several views of one scene sum their energies (eq. 12, `--joint`).
+`infer` tries every value of a discrete family, or a grid over a continuous one that
+gradient descent then refines; `energy_map` draws a position model's energy over
+positions, whose local minima are where it sees objects.
 
 `--score` judges every sample against every concept of the expression and
 prints, last, `accuracy X`: the share of samples in which the whole expression
@@ -30,7 +37,7 @@ import torch.nn.functional as F
 
 from compose import And, Concept, Family, Not, Or, parse
 from data import COLORS, POSITION_RANGE, SHAPES, SIZE_RANGE, load_dataset
-from model import save_checkpoint
+from model import load_checkpoint, save_checkpoint
 
 JUDGE_PATH = "checkpoints/shapes/judge.pt"
 SIZE_TOL, POSITION_TOL = 0.1, 0.15  # a size / position "holds" within these
@@ -120,6 +127,107 @@ def train_judge(path=JUDGE_PATH, n=40_000, epochs=12, batch=128, lr=2e-3, seed=1
                      "image_size": 32, "heldout": acc}, path)
     print(f"wrote {path}")
     return judge, acc
+
+
+# ----------------------------------------------------------------------------
+# concept inference by energy: c* = argmin_c sum_i E(x_i | c)   (paper eq. 12)
+
+
+def candidate_values(ckpt, n_grid):
+    """The values to try: every index of a discrete family; a grid over the range of a
+    continuous one (n_grid per number): (V,) long or (V, d) float."""
+    if ckpt["encoding"] == "index":
+        return torch.arange(len(ckpt["values"]))
+    low, high = ckpt["range"]
+    axis = torch.linspace(low, high, n_grid)
+    axes = torch.meshgrid(*[axis] * len(ckpt["values"]), indexing="xy")
+    return torch.stack([a.reshape(-1) for a in axes], 1)  # (n_grid^d, d); position: x fastest
+
+
+@torch.no_grad()
+def energies_over(net, x, values):
+    """E(x_i | v) for every image and every value: (N, V)."""
+    return torch.stack([net(x, v.expand(len(x), *v.shape)) for v in values], 1)
+
+
+def infer(net, ckpt, x, joint=False, n_grid=21, refine_steps=60):
+    """Inferred values of the model's concept family for images x (N, 3, H, W).
+
+    joint=False: one value per image (N,) or (N, d); joint=True: one value for all the
+    images together, the minimum of the summed energies (several views of one scene).
+    Discrete: the argmin over every value. Continuous: the argmin over a grid, then
+    gradient descent on the numbers (Adam, kept inside the range)."""
+    values = candidate_values(ckpt, n_grid)
+    e = energies_over(net, x, values)  # (N, V)
+    if joint:
+        e = e.sum(0, keepdim=True)  # (1, V): eq. 12
+    best = values[e.argmin(1)]  # (N or 1,) or (N or 1, d)
+    if ckpt["encoding"] == "index":
+        return best
+    low, high = ckpt["range"]
+    c = best.clone().requires_grad_(True)
+    opt = torch.optim.Adam([c], lr=0.02 * (high - low))
+    for _ in range(refine_steps):
+        cc = c.expand(len(x), -1) if joint else c
+        loss = net(x, cc).sum()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            c.clamp_(low, high)
+    return c.detach()
+
+
+def energy_map(net, x, n_grid=41):
+    """A position model's energy over a grid of positions for one image x (3, H, W):
+    (n_grid, n_grid) with y up (row 0 is y = high), the grid axis, and the local minima
+    (positions whose energy is lowest in their 3x3 neighbourhood), lowest first."""
+    values = candidate_values({"encoding": "numbers", "range": POSITION_RANGE, "values": ("x", "y")}, n_grid)
+    e = energies_over(net, x[None], values)[0].reshape(n_grid, n_grid).flip(0)  # (n, n): rows y high -> low
+    padded = F.pad(e[None, None], (1, 1, 1, 1), value=float("inf"))
+    is_min = e <= -F.max_pool2d(-padded, 3, stride=1)[0, 0]  # (n, n)
+    rows, cols = torch.nonzero(is_min, as_tuple=True)
+    axis = torch.linspace(*POSITION_RANGE, n_grid)
+    minima = sorted(((e[r, c].item(), (axis[c].item(), axis.flip(0)[r].item())) for r, c in zip(rows, cols)))
+    return e, axis, [p for _, p in minima]
+
+
+def save_energy_map(x, e, minima, path, title):
+    """The image beside its energy map (dark: low energy), local minima marked."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(1, 2, figsize=(6, 3))
+    ax[0].imshow(x.permute(1, 2, 0).numpy(), extent=(-1 / 0.55, 1 / 0.55, -1 / 0.55, 1 / 0.55))
+    ax[1].imshow(e.numpy(), cmap="gray", extent=(*POSITION_RANGE, *POSITION_RANGE))
+    for a in ax:
+        a.plot([p[0] for p in minima[:2]], [p[1] for p in minima[:2]], "r+", ms=12)
+    ax[0].set_title("image (axes: position)", fontsize=8)
+    ax[1].set_title(title, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def read_images(paths, size):
+    """PNG/JPEG files -> (N, 3, size, size) in [0, 1]; another size is resized, with a note."""
+    import imageio.v3 as iio
+    out = []
+    for path in paths:
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"image {path} does not exist")
+        try:
+            img = torch.from_numpy(np.asarray(iio.imread(path))).float() / 255
+        except Exception as e:
+            raise ValueError(f"cannot read image {path}: {type(e).__name__}") from None
+        if img.dim() != 3 or img.shape[2] not in (3, 4):
+            raise ValueError(f"image {path} has shape {tuple(img.shape)}; expected RGB (H, W, 3) or RGBA (H, W, 4)")
+        img = img[:, :, :3].permute(2, 0, 1)  # (3, H, W)
+        if img.shape[1:] != (size, size):
+            print(f"note: {path} is {img.shape[2]}x{img.shape[1]}; resized to {size}x{size}")
+            img = F.interpolate(img[None], size=(size, size), mode="bilinear", antialias=True)[0]
+        out.append(img)
+    return torch.stack(out)
 
 
 # ----------------------------------------------------------------------------
@@ -217,7 +325,17 @@ def main(argv=None):
     p.add_argument("--score", metavar="EXPR", help="judge samples against an expression")
     p.add_argument("--samples", help="an .npz from compose.py (key samples: (N, 3, H, W) in [0, 1])")
     p.add_argument("--judge", default=JUDGE_PATH)
+    p.add_argument("--ckpt_dir", help="concept inference: folder of concept checkpoints")
+    p.add_argument("--concept", help="concept inference: the family to infer (e.g. position, color)")
+    p.add_argument("--images", nargs="+", help="concept inference: image files")
+    p.add_argument("--joint", action="store_true", help="one value for all images (several views of one scene)")
+    p.add_argument("--map", help="position: also write the energy map of the first image to this PNG")
     args = p.parse_args(argv)
+    if args.concept or args.images:
+        if not (args.ckpt_dir and args.concept and args.images):
+            p.error("concept inference needs --ckpt_dir DIR --concept FAMILY --images FILE [FILE ...]")
+        infer_cli(args)
+        return
     if args.train_judge:
         train_judge(args.judge)
         return
@@ -242,6 +360,32 @@ def main(argv=None):
         print(f"  {name:<28} {parts[name]:.3f}   (noise baseline {base_parts[name]:.3f})")
     print(f"noise_baseline {base:.3f}")
     print(f"accuracy {acc:.3f}")
+
+
+def infer_cli(args):
+    """python infer.py --ckpt_dir DIR --concept FAMILY --images a.png b.png [--joint] [--map m.png]"""
+    path = os.path.join(args.ckpt_dir, f"{args.concept}.pt")
+    if not os.path.exists(path):
+        have = sorted(f[:-3] for f in os.listdir(args.ckpt_dir) if f.endswith(".pt") and f != "judge.pt") \
+            if os.path.isdir(args.ckpt_dir) else []
+        raise FileNotFoundError(f"no model of concept {args.concept!r} in {args.ckpt_dir} "
+                                f"(it has: {', '.join(have) or 'nothing'})")
+    net, ckpt = load_checkpoint(path)
+    x = read_images(args.images, ckpt["config"]["x_shape"][-1])
+    found = infer(net, ckpt, x, joint=args.joint)
+    show = (lambda v: ckpt["values"][int(v)]) if ckpt["encoding"] == "index" else \
+        (lambda v: "(" + ", ".join(f"{t:.3f}" for t in v.reshape(-1).tolist()) + ")")
+    if args.joint:
+        print(f"all {len(x)} images: {args.concept} = {show(found[0])}")
+    else:
+        for name, v in zip(args.images, found):
+            print(f"{name}: {args.concept} = {show(v)}")
+    if args.map:
+        if args.concept != "position":
+            raise ValueError("--map draws an energy map over positions: use it with --concept position")
+        e, _, minima = energy_map(net, x[0])
+        save_energy_map(x[0], e, minima, args.map, f"E(x | position); minima {minima[:2]}")
+        print(f"wrote {args.map}")
 
 
 if __name__ == "__main__":

@@ -724,3 +724,68 @@ def test_balanced_disjunction_reaches_its_exact_weights():
     compose.balance(expr, settings)
     fixed = toy2d_quality(compose.sample(expr, 2000, dict(settings, method="mala")), expr)
     assert plain > 0.2 and fixed["mode_tv"] < 0.06 and fixed["precision"] > 0.97, (plain, fixed)
+
+
+# ---------------------------------------------------------------- concept inference
+
+class PlantedEnergy(torch.nn.Module):
+    """A stand-in concept model whose answer is planted in each image: pixel (0, 0) holds a
+    position t in its red and green channels; E(x | c) = |c - t|^2 for positions, and for a
+    discrete family 0 at value round(7 * blue) and 1 elsewhere. Two wells with `second`."""
+
+    def __init__(self, second=None):
+        super().__init__()
+        self.second = second
+
+    def forward(self, x, c):
+        t = 2 * x[:, :2, 0, 0] - 1  # (B, 2)
+        if c.dtype == torch.long:
+            return (c != (7 * x[:, 2, 0, 0]).round().long()).float()
+        e = (c - t).pow(2).sum(1)
+        return e if self.second is None else torch.minimum(e, (c - self.second).pow(2).sum(1) + 0.1)
+
+
+def planted_images(targets, colors):
+    x = torch.full((len(targets), 3, 32, 32), 0.5)
+    x[:, :2, 0, 0] = (torch.tensor(targets) + 1) / 2
+    x[:, 2, 0, 0] = torch.tensor(colors) / 7
+    return x
+
+
+def test_inference_by_energy_minimisation():
+    import infer
+    pos_ckpt = {"encoding": "numbers", "range": [-1.0, 1.0], "values": ["x", "y"]}
+    col_ckpt = {"encoding": "index", "values": list(range(8))}
+    targets = [(0.33, -0.71), (-0.52, 0.18), (0.9, 0.05)]
+    x = planted_images(targets, [2, 5, 7])
+    found = infer.infer(PlantedEnergy(), pos_ckpt, x)  # grid (0.1 apart), then gradient refinement
+    assert (found - torch.tensor(targets)).abs().max() < 0.01
+    joint = infer.infer(PlantedEnergy(), pos_ckpt, x, joint=True)  # summed quadratics: the mean
+    assert joint.shape == (1, 2) and (joint[0] - torch.tensor(targets).mean(0)).abs().max() < 0.01
+    assert infer.infer(PlantedEnergy(), col_ckpt, x).tolist() == [2, 5, 7]
+    # two wells: two local minima on the map, the deeper first
+    e, axis, minima = infer.energy_map(PlantedEnergy(second=torch.tensor([-0.5, 0.5])), x[0])
+    assert e.shape == (41, 41) and len(minima) == 2
+    assert np.allclose(minima[0], (0.35, -0.7), atol=0.03) and np.allclose(minima[1], (-0.5, 0.5), atol=0.03)
+
+
+def test_infer_cli_reads_images_and_reports_bad_input(tmp_path):
+    import imageio.v3 as iio
+    from data import make_shapes
+    ds = make_shapes(n=2, seed=5, cache_dir=str(tmp_path))
+    img = (ds.x[0].permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+    iio.imwrite(tmp_path / "a.png", img)
+    iio.imwrite(tmp_path / "big.png", np.repeat(np.repeat(img, 2, 0), 2, 1))  # 64x64
+    iio.imwrite(tmp_path / "grey.png", img[:, :, 0])
+    base = ["infer.py", "--ckpt_dir", SHAPES_DIR, "--concept"]
+    code, out, err = run_cli(*base, "color", "--images", str(tmp_path / "a.png"), str(tmp_path / "big.png"),
+                             "--joint")
+    assert code == 0, err
+    assert "big.png is 64x64; resized to 32x32" in out and re.search(r"all 2 images: color = \w+", out)
+    code, out, err = run_cli(*base, "position", "--images", str(tmp_path / "a.png"), "--map", str(tmp_path / "m.png"))
+    assert code == 0 and re.search(r"a.png: position = \(-?\d\.\d{3}, -?\d\.\d{3}\)", out) and (tmp_path / "m.png").exists()
+    for args, message in [(["hue", "--images", str(tmp_path / "a.png")], "no model of concept 'hue'"),
+                          (["color", "--images", str(tmp_path / "nope.png")], "nope.png does not exist"),
+                          (["color", "--images", str(tmp_path / "grey.png")], "expected RGB")]:
+        code, _, err = run_cli(*base, *args)
+        assert code != 0 and message in err and "Traceback" not in err, (args, err)
