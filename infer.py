@@ -384,6 +384,7 @@ def infer_cli(args):
         if args.concept != "position":
             raise ValueError("--map draws an energy map over positions: use it with --concept position")
         e, _, minima = energy_map(net, x[0])
+        os.makedirs(os.path.dirname(os.path.abspath(args.map)), exist_ok=True)
         save_energy_map(x[0], e, minima, args.map, f"E(x | position); minima {minima[:2]}")
         print(f"wrote {args.map}")
 
