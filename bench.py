@@ -319,6 +319,12 @@ def toy2d_sets(ckpt_dir):
     return sets + [("trained", trained, sampling_settings(next(iter(trained.values())).config, steps=300))]
 
 
+def seed_quality(expr, settings, seeds):
+    """2000 samples per seed: (median mode TV, worst precision) over the seeds."""
+    qs = [toy2d_quality(sample(expr, 2000, settings, seed=seed), expr) for seed in seeds]
+    return statistics.median(q["mode_tv"] for q in qs), min(q["precision"] for q in qs)
+
+
 def bench_samplers(ckpt_dir="out-toy2d", shapes_dir="checkpoints/shapes", seeds=(0, 1, 2)):
     """ULA, MALA and HMC (5 leapfrog steps) at equal numbers of gradient evaluations (300 on
     toy2d, annealed from T = 20 with resampling; 200 on shapes, the cold image sampler):
@@ -331,9 +337,9 @@ def bench_samplers(ckpt_dir="out-toy2d", shapes_dir="checkpoints/shapes", seeds=
         for method, kw in methods:
             s, t0, tvs, precs = dict(settings, method=method, **kw), time.time(), [], []
             for expr in exprs:
-                qs = [toy2d_quality(sample(expr, 2000, s, seed=seed), expr) for seed in seeds]
-                tvs.append(statistics.median(q["mode_tv"] for q in qs))
-                precs.append(min(q["precision"] for q in qs))
+                tv, prec = seed_quality(expr, s, seeds)
+                tvs.append(tv)
+                precs.append(prec)
             print(f"{name:<8} {method:<7} {' '.join(f'{v:.3f}' for v in tvs):<58} {statistics.median(tvs):>6.3f} "
                   f"{min(precs):>8.3f} {time.time() - t0:>6.0f}s", flush=True)
     print(f"(expressions: {', '.join(TOY2D_SUITE)})")
@@ -379,9 +385,8 @@ def bench_partition(ckpt_dir="out-toy2d", figure="assets/toy2d_energy_hist.png",
     print(f"{'energies':<9} {'expression':<42} {'ULA':>6} {'MALA':>6} {'ULA, balanced':>13} "
           f"{'MALA, balanced':>14} {'(log Z by AIS)':>14}   log Z of the terms")
 
-    def tv(expr, settings, method):  # median mode TV over the seeds
-        return statistics.median(toy2d_quality(sample(expr, 2000, dict(settings, method=method), seed=s), expr)
-                                 ["mode_tv"] for s in seeds)
+    def tv(expr, settings, method):
+        return seed_quality(expr, dict(settings, method=method), seeds)[0]
 
     for name, concepts, settings in sets:
         for text in TOY2D_DISJUNCTIONS:

@@ -322,7 +322,6 @@ def sampling_settings(config, **overrides):
     s = {"steps": config["eval_steps"], "step_size": config["step_size"],
          "noise_scale": config["noise_scale"], "anneal": config["eval_anneal"], "grad_clip": config["grad_clip"],
          "data_range": tuple(config["data_range"]), "x_shape": tuple(config["x_shape"])}
-    s.update({"method": "ula", "leapfrog": 5})
     s.update({k: v for k, v in overrides.items() if v is not None})
     s["resample"] = s["anneal"] > 1  # importance weights are only defined for an annealed start
     return s
@@ -338,9 +337,8 @@ def sample(expr, n, settings, seed=0, keep_every=0, device="cpu", log_z=False):
     with torch.nn.utils.parametrize.cached():  # spectral norm: W / sigma once, not every step
         return langevin(expr, x0, settings["steps"], settings["step_size"], settings["noise_scale"],
                         anneal=settings["anneal"], resample=settings["resample"], clamp=(lo, hi),
-                        grad_clip=settings["grad_clip"], keep_every=keep_every,
-                        method=settings.get("method", "ula"), leapfrog=settings.get("leapfrog", 5),
-                        log_z=log_z)
+                        grad_clip=settings["grad_clip"], keep_every=keep_every, log_z=log_z,
+                        **{k: settings[k] for k in ("method", "leapfrog") if k in settings})
 
 
 def log_partition(expr, settings, n=512, seed=0, ais=None):

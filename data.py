@@ -93,7 +93,7 @@ class Dataset:
         """The inputs at indices idx (B,), as floats on `device`. uint8 images (celeba) become
         (k + u) / 256 with u ~ U[0, 1): uniform dequantisation, so that the model sees a
         density over [0, 1] and not 256 spikes it could put arbitrarily low energy on."""
-        x = self.x[idx.cpu()].to(device, non_blocking=True)  # (B, ...)
+        x = self.x[idx.to(self.x.device)].to(device, non_blocking=True)  # (B, ...)
         if x.dtype == torch.uint8:
             x = (x.float() + torch.rand(x.shape, device=device)) / 256
         return x
@@ -124,6 +124,7 @@ HELDOUT_SHAPE = "cone"  # shape index 3 in render_shapes and in make_shapes' lab
 SIZE_RANGE = (0.3, 0.7)  # training sizes
 HELDOUT_SIZES = (0.75, 0.9)
 POSITION_RANGE = (-1.0, 1.0)
+POSITION_SCALE = 0.55  # an object at x sits at W/2 * (1 + POSITION_SCALE * x): x = +-1 stays inside
 SHAPES_SCENES = ("plain", "ground")
 SHAPES_IMAGE_SIZES = (32, 64)
 SHAPES_HELDOUT = (None, "colors", "light", "sizes", "shape")
@@ -210,12 +211,12 @@ def render_shapes(labels, image_size=32, scene="plain", clutter=0, light=None, s
         elif scene == "ground":  # training variation: upper left to top, brightness +-15%
             L, gain = _unit((rng.uniform(-0.75, -0.1), rng.uniform(0.65, 1.0), 0.35)), rng.uniform(0.85, 1.15)
         x, y = labels["position"][i]
-        objs = [(int(labels["shape"][i]), labels["color"][i], S / 2 * (1 + 0.55 * x),
-                 S / 2 * (1 - 0.55 * y), 0.35 * float(labels["size"][i]) * S)]  # (shape, rgb, cx, cy, r)
+        objs = [(int(labels["shape"][i]), labels["color"][i], S / 2 * (1 + POSITION_SCALE * x),
+                 S / 2 * (1 - POSITION_SCALE * y), 0.35 * float(labels["size"][i]) * S)]  # (shape, rgb, cx, cy, r)
         others = palette[np.abs(palette - labels["color"][i]).max(1) > 0.05]  # colors unlike the main one
         for _ in range(clutter):
             r = 0.35 * rng.uniform(0.15, 0.3) * S
-            cands = S / 2 * (1 + 0.55 * rng.uniform(-1, 1, (20, 2)) * (1, -1))  # (20, 2) pixel centres
+            cands = S / 2 * (1 + POSITION_SCALE * rng.uniform(-1, 1, (20, 2)) * (1, -1))  # (20, 2) pixel centres
             dist = np.hypot(*(cands - objs[0][2:4]).T)
             far = dist >= objs[0][4] + r  # not touching the main object, if possible
             cx, cy = cands[np.argmax(far) if far.any() else np.argmax(dist)]

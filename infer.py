@@ -36,7 +36,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from compose import And, Concept, Family, Not, Or, parse
-from data import COLORS, POSITION_RANGE, SHAPES, SIZE_RANGE, load_dataset
+from data import COLORS, POSITION_RANGE, POSITION_SCALE, SHAPES, SIZE_RANGE, load_dataset
 from model import load_checkpoint, save_checkpoint
 
 JUDGE_PATH = "checkpoints/shapes/judge.pt"
@@ -198,7 +198,8 @@ def save_energy_map(x, e, minima, path, title):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(1, 2, figsize=(6, 3))
-    ax[0].imshow(x.permute(1, 2, 0).numpy(), extent=(-1 / 0.55, 1 / 0.55, -1 / 0.55, 1 / 0.55))
+    edge = 1 / POSITION_SCALE  # the image's border in position units
+    ax[0].imshow(x.permute(1, 2, 0).numpy(), extent=(-edge, edge, -edge, edge))
     ax[1].imshow(e.numpy(), cmap="gray", extent=(*POSITION_RANGE, *POSITION_RANGE))
     for a in ax:
         a.plot([p[0] for p in minima[:2]], [p[1] for p in minima[:2]], "r+", ms=12)
@@ -245,7 +246,7 @@ def judge_vocabulary(ckpt):
 
 def blobs(x, min_pixels=4, max_share=0.3):
     """Saturated connected regions on the grey background: per image, a list of (x, y) positions
-    in the dataset's coordinates (data.render_shapes: centre = W/2 * (1 + 0.55 x), y up).
+    in the dataset's coordinates (data.render_shapes: centre = W/2 * (1 + POSITION_SCALE x), y up).
     A region over max_share of the image is larger than any object (the largest covers ~20%):
     it is noise, not an object, and is not counted."""
     sat = (x.max(1).values - x.min(1).values) > 0.25  # (N, H, W): colored, not grey
@@ -267,7 +268,8 @@ def blobs(x, min_pixels=4, max_share=0.3):
                         stack.append((u, v))
             if min_pixels <= len(pix) <= max_share * h * w:
                 rows, cols = np.array(pix).T + 0.5  # pixel centres
-                places.append(((cols.mean() / (w / 2) - 1) / 0.55, (1 - rows.mean() / (h / 2)) / 0.55))
+                places.append(((cols.mean() / (w / 2) - 1) / POSITION_SCALE,
+                               (1 - rows.mean() / (h / 2)) / POSITION_SCALE))
         found.append(places)
     return found
 

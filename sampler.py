@@ -75,6 +75,8 @@ def langevin(energy, x, n_steps, step_size, noise_scale=None, anneal=1.0, resamp
     if method not in ("ula", "mala", "hmc") or leapfrog < 1 or (method != "ula" and noise_scale <= 0):
         raise ValueError(f"method must be 'ula', 'mala' or 'hmc' (leapfrog >= 1, noise_scale > 0 for the "
                          f"last two), got {method!r}, leapfrog {leapfrog}, noise_scale {noise_scale}")
+    if log_z and not (resample and clamp is not None):
+        raise ValueError("log_z needs resample=True and a clamp box (the uniform start's support)")
     tau = noise_scale ** 2 / step_size  # the temperature the step samples at (before annealing)
     per_move = leapfrog if method == "hmc" else 1  # gradient evaluations per move
     n_moves = n_steps // per_move
@@ -111,8 +113,6 @@ def langevin(energy, x, n_steps, step_size, noise_scale=None, anneal=1.0, resamp
         if keep_every and (k + 1) % keep_every == 0:
             chain.append(x.clone())
     if log_z:
-        if not (resample and clamp is not None):
-            raise ValueError("log_z needs resample=True and a clamp box (the uniform start's support)")
         log_z_est += x[0].numel() * math.log(clamp[1] - clamp[0])  # the start is uniform on the box
         return (x, chain, log_z_est) if keep_every else (x, log_z_est)
     return (x, chain) if keep_every else x

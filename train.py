@@ -184,7 +184,9 @@ def train_concept(cfg, ds, family, device, iters_after=0):
     ddp = dist.is_initialized()
     rank = dist.get_rank() if ddp else 0
     log = print if rank == 0 else (lambda *a, **k: None)
-    c_data = ds.labels[family].to(device)  # (N,) or (N, d); the inputs stay on the CPU (ds.batch moves them)
+    c_data = ds.labels[family].to(device)  # (N,) or (N, d)
+    if device.type == "cuda" and ds.x.nbytes < 2**30:  # small data on the GPU once; CelebA's memory map stays
+        ds.x = ds.x.to(device)
     lo, hi = ds.data_range
     continuous = family in ds.ranges
     raw = build_concept_model(cfg, ds, family).to(device)  # the network itself, whatever wraps it
@@ -222,6 +224,10 @@ def train_concept(cfg, ds, family, device, iters_after=0):
             torch.set_rng_state(ckpt["rng"])
         else:  # only rank 0's random state is saved: the others draw a fresh stream
             torch.manual_seed(cfg.seed + rank + 7919 * step)
+    # (average, live) tensor pairs: state_dict tensors share storage with the modules,
+    # which the optimizer updates in place; spectral norm's singular vectors are copied
+    live = raw.state_dict()
+    ema_pairs = [(a, live[k], k.endswith(("._u", "._v"))) for k, a in ema.state_dict().items()] if ema else []
     if cfg.compile:
         raw.compile()  # in place: DDP, Langevin and the state dict all see the same module
     world = dist.get_world_size() if ddp else 1
@@ -282,14 +288,9 @@ def train_concept(cfg, ds, family, device, iters_after=0):
         for group in opt.param_groups:
             group["lr"] = cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * decay)
         opt.step()
-        if ema is not None:
-            with torch.no_grad():
-                live = raw.state_dict()
-                for key, p_ema in ema.state_dict().items():
-                    if key.endswith(("._u", "._v")):  # spectral norm's singular vectors: copied, not averaged
-                        p_ema.copy_(live[key])
-                    else:
-                        p_ema.lerp_(live[key], 1 - cfg.ema)
+        with torch.no_grad():
+            for p_ema, p_live, copied in ema_pairs:
+                p_ema.copy_(p_live) if copied else p_ema.lerp_(p_live, 1 - cfg.ema)
         step += 1
         if step % cfg.log_interval == 0 or step == cfg.max_iters:
             rate = (step - step0) / (time.time() - t0)
