@@ -9,6 +9,10 @@ based inference is compared against.
     python infer.py --score "sphere & blue" --samples out/x.npz
     python infer.py --score "position=(-0.5,-0.5) & position=(0.5,0.5)" --samples out/two.npz
     python infer.py --ckpt_dir checkpoints/shapes --concept position --images a.png b.png [--joint] [--map m.png]
+    python infer.py --train_regressor                  # the supervised position baseline of Table 1
+    python infer.py --table ood                        # Table 1: position error out of distribution
+    python infer.py --table views                      # Figure 9a: error against the number of views
+    python infer.py --table objects                    # Figure 10: two objects, two minima
 
 Concept inference (paper section 3.5): the value of a concept family behind an image is
 argmin_c E(x | c); several views of one scene sum their energies (eq. 12, `--joint`).
@@ -35,11 +39,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from compose import And, Concept, Family, Not, Or, parse
-from data import COLORS, POSITION_RANGE, POSITION_SCALE, SHAPES, SIZE_RANGE, load_dataset
+from compose import And, Concept, Family, Not, Or, _pyplot, parse
+from data import COLORS, POSITION_RANGE, POSITION_SCALE, SHAPES, SIZE_RANGE, load_dataset, render_shapes
 from model import load_checkpoint, save_checkpoint
 
 JUDGE_PATH = "checkpoints/shapes/judge.pt"
+REGRESSOR_PATH = "checkpoints/shapes/regressor.pt"  # the supervised position baseline (--table ood)
+HEADS = ("shape", "color", "size", "position")
 SIZE_TOL, POSITION_TOL = 0.1, 0.15  # a size / position "holds" within these
 
 
@@ -96,37 +102,47 @@ def judge_accuracy(judge, ds):
             "position_error": (p["position"] - ds.labels["position"]).norm(dim=1).mean().item()}
 
 
-def train_judge(path=JUDGE_PATH, n=40_000, epochs=12, batch=128, lr=2e-3, seed=1):
-    """Train the judge on renders of its own seed; report it on held-out renders of another."""
+def train_judge(path=JUDGE_PATH, heads=HEADS, data=dict(n=40_000, seed=101), epochs=12, batch=128, lr=2e-3,
+                seed=1):
+    """Train the judge's network on `heads` (a subset of HEADS) of rendered `data`; report
+    it on 4,000 held-out renders of another seed. The judge reads every head from renders
+    of its own seed; the regressor baseline reads only position, from the position
+    EBM's own training data."""
     torch.manual_seed(seed)
-    ds = load_dataset("shapes", n=n, seed=seed + 100)  # not the concept models' training images
+    ds = load_dataset("shapes", **data)
     test = load_dataset("shapes", n=4000, seed=seed + 200)
     judge = Judge()
+    weight = {"shape": 1, "color": 1, "size": 20, "position": 20}  # the MSEs are small numbers
     opt = torch.optim.AdamW(judge.parameters(), lr=lr, weight_decay=1e-4)
+    n = len(ds)
     steps, t0 = epochs * (n // batch), time.time()
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=steps)
     for epoch in range(epochs):
         judge.train()
         for idx in torch.randperm(n).split(batch)[: n // batch]:
             out = judge(ds.x[idx])
-            loss = (F.cross_entropy(out["shape"], ds.labels["shape"][idx])
-                    + F.cross_entropy(out["color"], ds.labels["color"][idx])
-                    + 20 * F.mse_loss(out["size"], ds.labels["size"][idx, 0])
-                    + 20 * F.mse_loss(out["position"], ds.labels["position"][idx]))
+            loss = sum(weight[h] * (F.cross_entropy(out[h], ds.labels[h][idx]) if h in ("shape", "color")
+                                    else F.mse_loss(out[h], ds.labels[h][idx].reshape(out[h].shape)))
+                       for h in heads)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
         judge.eval()
-        acc = judge_accuracy(judge, test)
-        print(f"epoch {epoch + 1}/{epochs} | loss {loss.item():.4f} | held-out: shape {acc['shape']:.3f} "
-              f"color {acc['color']:.3f} size {acc['size']:.3f} position error {acc['position_error']:.3f} | "
-              f"{time.time() - t0:.0f} s", flush=True)
+        acc = {k: v for k, v in judge_accuracy(judge, test).items() if k.startswith(heads)}
+        print(f"epoch {epoch + 1}/{epochs} | loss {loss.item():.4f} | held-out: "
+              + " ".join(f"{k} {v:.3f}" for k, v in acc.items()) + f" | {time.time() - t0:.0f} s", flush=True)
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     save_checkpoint({"model": judge.state_dict(), "width": 16, "shapes": list(SHAPES), "colors": list(COLORS),
-                     "image_size": 32, "heldout": acc}, path)
+                     "image_size": 32, "heads": list(heads), "data": data, "heldout": acc}, path)
     print(f"wrote {path}")
     return judge, acc
+
+
+def train_regressor(path=REGRESSOR_PATH):
+    """The supervised baseline of Table 1: the judge's network trained with MSE on position
+    alone, on the position EBM's training data (train.py's shapes defaults: 20,000, seed 0)."""
+    return train_judge(path, heads=("position",), data=dict(n=20_000, seed=0))
 
 
 # ----------------------------------------------------------------------------
@@ -151,25 +167,26 @@ def energies_over(net, x, values):
 
 
 def infer(net, ckpt, x, joint=False, n_grid=21, refine_steps=60):
-    """Inferred values of the model's concept family for images x (N, 3, H, W).
+    """Inferred values of the model's concept family for images x.
 
-    joint=False: one value per image (N,) or (N, d); joint=True: one value for all the
-    images together, the minimum of the summed energies (several views of one scene).
-    Discrete: the argmin over every value. Continuous: the argmin over a grid, then
-    gradient descent on the numbers (Adam, kept inside the range)."""
+    x (N, 3, H, W): one value per image, (N,) or (N, d); with joint=True one value for
+    all the images together, (1,) or (1, d): several views of one scene. x (S, K, 3, H, W):
+    S scenes of K views each, one value per scene. Views combine by summing their
+    energies (eq. 12). Discrete: the argmin over every value. Continuous: the argmin
+    over a grid, then gradient descent on the numbers (Adam, kept inside the range)."""
+    views = x if x.dim() == 5 else x[None] if joint else x[:, None]  # (S, K, 3, H, W)
+    S, K = views.shape[:2]
+    flat = views.flatten(0, 1)  # (S K, 3, H, W)
     values = candidate_values(ckpt, n_grid)
-    e = energies_over(net, x, values)  # (N, V)
-    if joint:
-        e = e.sum(0, keepdim=True)  # (1, V): eq. 12
-    best = values[e.argmin(1)]  # (N or 1,) or (N or 1, d)
-    if ckpt["encoding"] == "index":
+    e = energies_over(net, flat, values).view(S, K, -1).sum(1)  # (S, V): eq. 12
+    best = values[e.argmin(1)]  # (S,) or (S, d)
+    if ckpt["encoding"] == "index" or not refine_steps:
         return best
     low, high = ckpt["range"]
     c = best.clone().requires_grad_(True)
     opt = torch.optim.Adam([c], lr=0.02 * (high - low))
     for _ in range(refine_steps):
-        cc = c.expand(len(x), -1) if joint else c
-        loss = net(x, cc).sum()
+        loss = net(flat, c.repeat_interleave(K, 0)).sum()  # each scene's value for each of its views
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -194,9 +211,7 @@ def energy_map(net, x, n_grid=41):
 
 def save_energy_map(x, e, minima, path, title):
     """The image beside its energy map (dark: low energy), local minima marked."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
     fig, ax = plt.subplots(1, 2, figsize=(6, 3))
     edge = 1 / POSITION_SCALE  # the image's border in position units
     ax[0].imshow(x.permute(1, 2, 0).numpy(), extent=(-edge, edge, -edge, edge))
@@ -229,6 +244,120 @@ def read_images(paths, size):
             img = F.interpolate(img[None], size=(size, size), mode="bilinear", antialias=True)[0]
         out.append(img)
     return torch.stack(out)
+
+
+# ----------------------------------------------------------------------------
+# the inference experiments (paper Table 1, Figures 9a and 10): python infer.py --table NAME
+
+OOD_SETS = {"Color": "colors", "Light": "light", "Size": "sizes", "Type": "shape"}  # column -> data.make_shapes heldout
+
+
+def position_error(found, truth):
+    """Mean absolute error of positions (N, 2), over both coordinates."""
+    return (found - truth).abs().mean().item()
+
+
+def ood_table(models, regressor_path=REGRESSOR_PATH, n=256, seed=301):
+    """Position error of each EBM (argmin of E(x | position)) and of the supervised regressor on
+    renders that change one factor never seen in training: unseen colors, an unseen light
+    (over a sky and ground), unseen sizes, an unseen shape (cone). Prints the table and, last,
+    `ebm_avg X regressor_avg Y` (the first EBM, averaged over the four changed sets)."""
+    regressor, _ = load_judge(regressor_path)
+    ebms = [load_checkpoint(p) for p in models]
+    for p, (_, ck) in zip(models, ebms):
+        if ck["family"] != "position":
+            raise ValueError(f"{p} is a model of {ck['family']!r}; the table needs position models")
+    names = [f"EBM, {ck['config']['steps']} steps" for _, ck in ebms] + ["regressor (MSE)"]
+    rows = {}
+    for column, heldout in [("Train", None)] + list(OOD_SETS.items()):
+        ds = load_dataset("shapes", n=n, seed=seed, heldout=heldout)
+        truth = ds.labels["position"]
+        rows[column] = [position_error(infer(net, ck, ds.x), truth) for net, ck in ebms]
+        rows[column].append(position_error(predict(regressor, ds.x)["position"], truth))
+        print(f"  {column}: " + "  ".join(f"{e:.3f}" for e in rows[column]), flush=True)
+    avg = [float(np.mean([rows[c][i] for c in OOD_SETS])) for i in range(len(names))]
+    print(f"\nmean absolute position error ({n} renders per set; positions in [-1, 1]; Train: like the training data)")
+    print(f"| model | {' | '.join(['Train', *OOD_SETS])} | OOD average |")
+    print("|---" * (len(OOD_SETS) + 3) + "|")
+    for i, name in enumerate(names):
+        print(f"| {name} | " + " | ".join(f"{rows[c][i]:.3f}" for c in rows) + f" | {avg[i]:.3f} |")
+    print(f"ebm_avg {avg[0]:.3f} regressor_avg {avg[-1]:.3f}")
+    return rows, avg
+
+
+def render_views(n_scenes, n_views, seed, scene="ground", clutter=1):
+    """n_scenes objects, each seen n_views times under a different light and different clutter:
+    (S, K, 3, H, W) images and the (S, 2) positions."""
+    rng = np.random.default_rng(seed)
+    labels = {"shape": rng.integers(0, len(SHAPES), n_scenes), "size": rng.uniform(*SIZE_RANGE, n_scenes),
+              "color": np.array(list(COLORS.values()))[rng.integers(0, len(COLORS), n_scenes)],
+              "position": rng.uniform(*POSITION_RANGE, (n_scenes, 2))}
+    views = [render_shapes(labels, 32, scene, clutter, seed=seed + 1 + k) for k in range(n_views)]  # K x (S, H, W, 3)
+    x = torch.from_numpy(np.stack(views, 1)).permute(0, 1, 4, 2, 3).float() / 255  # (S, K, 3, H, W)
+    return x, torch.from_numpy(labels["position"]).float()
+
+
+def views_table(model, n_scenes=64, max_views=8, seed=401, figure="assets/infer_views.png"):
+    """Position error against the number of views combined (eq. 12), Figure 9a's analog."""
+    net, ckpt = load_checkpoint(model)
+    x, truth = render_views(n_scenes, max_views, seed)
+    errors = []
+    for k in range(1, max_views + 1):
+        errors.append(position_error(infer(net, ckpt, x[:, :k]), truth))
+        print(f"{k} view(s): mean absolute position error {errors[-1]:.3f}", flush=True)
+    plt = _pyplot()
+    fig, ax = plt.subplots(1, 2, figsize=(7, 3), gridspec_kw={"width_ratios": [1.3, 1]})
+    ax[0].imshow(x[0].permute(2, 0, 3, 1).reshape(32, -1, 3).numpy())
+    ax[0].set_title("the views of one object", fontsize=8)
+    ax[0].axis("off")
+    ax[1].plot(range(1, max_views + 1), errors, "o-")
+    ax[1].set(xlabel="views", ylabel="position error", ylim=(0, None))
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(figure) or ".", exist_ok=True)
+    fig.savefig(figure, dpi=100)
+    plt.close(fig)
+    print(f"wrote {figure}")
+    print(f"views_1 {errors[0]:.3f} views_{max_views} {errors[-1]:.3f}")
+    return errors
+
+
+TWO_OBJECTS_APART = 1.0  # objects of size 0.3-0.4 reach 0.4-0.5 from their centres: 1.0 apart, they do not touch
+
+
+def two_object_images(n, seed, min_apart=TWO_OBJECTS_APART):
+    """n images of two objects at least min_apart apart on the grey background: (N, 3, H, W), (N, 2, 2)."""
+    rng = np.random.default_rng(seed)
+    pos = rng.uniform(*POSITION_RANGE, (8 * n, 2, 2))
+    pos = pos[np.linalg.norm(pos[:, 0] - pos[:, 1], axis=1) >= min_apart][:n]  # (n, 2, 2)
+    layers = []
+    for k in range(2):
+        labels = {"shape": rng.integers(0, len(SHAPES), n), "size": rng.uniform(0.3, 0.4, n),
+                  "color": np.array(list(COLORS.values()))[rng.integers(0, len(COLORS), n)], "position": pos[:, k]}
+        layers.append(render_shapes(labels, 32, seed=seed).astype(np.float32) / 255)  # (n, H, W, 3)
+    drawn = np.abs(layers[1] - 0.5).max(-1, keepdims=True) > 0.02  # the second object's pixels
+    x = np.where(drawn, layers[1], layers[0])
+    return torch.from_numpy(x).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(pos).float()
+
+
+def objects_table(model, n=128, seed=501, figure="assets/infer_two_objects.png"):
+    """Figure 10's analog: the single-object position model's energy map over an image of two
+    objects; recovered when its two lowest local minima lie within POSITION_TOL of the two
+    objects (one minimum each)."""
+    net, _ = load_checkpoint(model)
+    x, pos = two_object_images(n, seed)
+    found, maps = [], []
+    for img, p in zip(x, pos.numpy()):
+        e, _, minima = energy_map(net, img)
+        maps.append((e, minima))
+        m = minima[:2]
+        found.append(len(m) == 2 and any(all(np.hypot(*(np.array(m[i]) - p[j])) <= POSITION_TOL
+                                             for i, j in zip((0, 1), order)) for order in ((0, 1), (1, 0))))
+    rate = float(np.mean(found))
+    save_energy_map(x[0], *maps[0], figure, f"two objects: lowest minima {[tuple(round(v, 2) for v in q) for q in maps[0][1][:2]]}")
+    print(f"wrote {figure}")
+    print(f"two-object recovery {rate:.3f} ({sum(found)} of {n} images: both objects within {POSITION_TOL} "
+          f"of the two lowest minima)")
+    return rate
 
 
 # ----------------------------------------------------------------------------
@@ -332,7 +461,22 @@ def main(argv=None):
     p.add_argument("--images", nargs="+", help="concept inference: image files")
     p.add_argument("--joint", action="store_true", help="one value for all images (several views of one scene)")
     p.add_argument("--map", help="position: also write the energy map of the first image to this PNG")
+    p.add_argument("--train_regressor", action="store_true", help="train the supervised position baseline")
+    p.add_argument("--table", choices=("ood", "views", "objects"),
+                   help="an inference experiment: ood (Table 1), views (Figure 9a), objects (Figure 10)")
+    p.add_argument("--models", nargs="+", default=["checkpoints/shapes/position.pt"],
+                   help="--table: the position EBM(s) (ood: one column each, the first is ebm_avg)")
     args = p.parse_args(argv)
+    if args.table:
+        for path in args.models:
+            if not os.path.exists(path):
+                raise FileNotFoundError(f"position model {path} does not exist")
+        {"ood": lambda: ood_table(args.models), "views": lambda: views_table(args.models[0]),
+         "objects": lambda: objects_table(args.models[0])}[args.table]()
+        return
+    if args.train_regressor:
+        train_regressor()
+        return
     if args.concept or args.images:
         if not (args.ckpt_dir and args.concept and args.images):
             p.error("concept inference needs --ckpt_dir DIR --concept FAMILY --images FILE [FILE ...]")

@@ -762,11 +762,36 @@ def test_inference_by_energy_minimisation():
     assert (found - torch.tensor(targets)).abs().max() < 0.01
     joint = infer.infer(PlantedEnergy(), pos_ckpt, x, joint=True)  # summed quadratics: the mean
     assert joint.shape == (1, 2) and (joint[0] - torch.tensor(targets).mean(0)).abs().max() < 0.01
+    scenes = infer.infer(PlantedEnergy(), pos_ckpt, x[[0, 1, 2, 2]].view(2, 2, 3, 32, 32))  # 2 scenes, 2 views
+    want = torch.stack([torch.tensor(targets[:2]).mean(0), torch.tensor(targets[2])])
+    assert scenes.shape == (2, 2) and (scenes - want).abs().max() < 0.01
     assert infer.infer(PlantedEnergy(), col_ckpt, x).tolist() == [2, 5, 7]
     # two wells: two local minima on the map, the deeper first
     e, axis, minima = infer.energy_map(PlantedEnergy(second=torch.tensor([-0.5, 0.5])), x[0])
     assert e.shape == (41, 41) and len(minima) == 2
     assert np.allclose(minima[0], (0.35, -0.7), atol=0.03) and np.allclose(minima[1], (-0.5, 0.5), atol=0.03)
+
+
+def test_inference_experiments_data_and_tables(capsys):
+    import infer
+    # two objects, far enough apart to be two blobs, each where the labels say
+    x, pos = infer.two_object_images(16, seed=3)
+    assert x.shape == (16, 3, 32, 32) and pos.shape == (16, 2, 2)
+    assert ((pos[:, 0] - pos[:, 1]).norm(dim=1) >= infer.TWO_OBJECTS_APART).all()
+    found = infer.blobs(x)
+    ok = [len(b) == 2 and all(min(np.hypot(*(np.array(q) - p)) for q in b) < 0.15 for p in ps.numpy())
+          for b, ps in zip(found, pos)]
+    assert np.mean(ok) >= 0.9, found
+    # views: one object, its place fixed, the clutter and the light changing from view to view
+    v, truth = infer.render_views(3, 4, seed=5)
+    assert v.shape == (3, 4, 3, 32, 32) and truth.shape == (3, 2)
+    assert (v[:, 0] - v[:, 1]).abs().amax((1, 2, 3)).min() > 0.1
+    # Table 1 on a few renders: the layout, its last line, and a regressor that reads positions
+    rows, avg = infer.ood_table([f"{SHAPES_DIR}/position.pt"], n=16)
+    assert list(rows) == ["Train", "Color", "Light", "Size", "Type"] and len(avg) == 2
+    assert rows["Train"][1] < 0.05  # the supervised regressor on data like its own
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert re.fullmatch(r"ebm_avg \d\.\d{3} regressor_avg \d\.\d{3}", last), last
 
 
 def test_infer_cli_reads_images_and_reports_bad_input(tmp_path):

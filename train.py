@@ -15,6 +15,12 @@ and written to `<out_dir>/<family>.pt`. Each iteration:
   3. loss = mean E(x+|c+) - mean E(x-|c-) + l2 * (mean E(x+)^2 + mean E(x-)^2)
      (Du & Mordatch 2019): pushes data energies down and sample energies up; the
      l2 term keeps energies near zero so they cannot drift without bound.
+  4. (`--label_neg w`, on by default for images; not in the paper) plus
+     w * mean softplus(E(x+|c+) - E(x+|c')), c' the concept of another data point:
+     a real image must have a lower energy under its own concept than under a wrong
+     one. Contrastive divergence alone teaches E(x|c) what images look like, and on
+     a CPU budget barely which c they show; this term teaches the difference
+     directly, at the price of one more forward of the batch.
 Why restart near the data: a chain stays in the mode it first falls into, so
 the buffer holds each mode in proportion to how many restarted chains reached
 it. Restarts from uniform noise reach modes in proportion to their basins and
@@ -92,6 +98,7 @@ class Config:
     reinit_from_data: float = 1.0  # share of restarted chains that start near a data point, not noise
     reinit_noise: float = 0.5  # std of the perturbation of those data points
     reinit_any: bool = False  # restart from a data point of ANY concept value, not the chain's own
+    label_neg: float = 0.0  # > 0: weight of the label-contrastive term (data under a wrong concept, below)
     # Langevin for compositions after training (compose.py reads these from the checkpoint)
     eval_steps: int = 200
     eval_anneal: float = 20.0
@@ -274,10 +281,16 @@ def train_concept(cfg, ds, family, device, iters_after=0):
             x_neg = langevin(lambda x: raw(x, c_neg), x_neg, cfg.steps, cfg.step_size, cfg.noise_scale,
                              clamp=(lo, hi), grad_clip=cfg.grad_clip)
         buffer.update(slots, x_neg, c_neg)
-        # one forward for both halves: under DDP, one forward per backward, as it requires
-        e = net(torch.cat([x_pos, x_neg]), torch.cat([c_pos, c_neg]))  # (2B,)
-        e_pos, e_neg = e[: cfg.batch_size], e[cfg.batch_size:]
+        xs, cs = [x_pos, x_neg], [c_pos, c_neg]
+        if cfg.label_neg:  # the data again, each image under the concept of another data point
+            xs.append(x_pos)
+            cs.append(other_concepts(c_data, c_pos, ds.ranges.get(family), len(ds.concepts[family])))
+        # one forward for every part: under DDP, one forward per backward, as it requires
+        e = net(torch.cat(xs), torch.cat(cs)).split(cfg.batch_size)  # 2 or 3 of (B,)
+        e_pos, e_neg = e[0], e[1]
         loss = e_pos.mean() - e_neg.mean() + cfg.l2 * (e_pos.pow(2).mean() + e_neg.pow(2).mean())
+        if cfg.label_neg:  # a logistic loss on E(x+|c') - E(x+|c+): zero once the true concept wins clearly
+            loss = loss + cfg.label_neg * torch.nn.functional.softplus(e_pos - e[2]).mean()
         if not torch.isfinite(loss):
             raise RuntimeError(f"[{family}] loss is {loss.item()} at step {step}: training diverged; "
                                f"try a smaller --lr or a larger --l2 (last checkpoint: {path})")
@@ -313,6 +326,18 @@ def train_concept(cfg, ds, family, device, iters_after=0):
             raise RuntimeError(f"[{family}] the replicas' weights differ after training: DDP went out of sync")
         log(f"[{family}] ddp: weights identical on all {len(gathered)} ranks")
     log(f"[{family}] wrote {path}")
+
+
+def other_concepts(c_data, c_pos, value_range, n_values):
+    """For each label of c_pos (B,) or (B, d), a different one: a discrete label moves to one of
+    the other values; a continuous label is swapped for another data point's, and half of them,
+    to also teach fine differences, for the label itself plus noise (std 0.2 of value_range)."""
+    if value_range is None:  # (B,): a uniform draw among the n_values - 1 other values
+        return (c_pos + torch.randint(1, n_values, c_pos.shape, device=c_pos.device)) % n_values
+    other = c_data[torch.randint(len(c_data), (len(c_pos),), device=c_pos.device)]  # (B, d)
+    low, high = value_range
+    near = (c_pos + 0.2 * (high - low) * torch.randn_like(c_pos)).clamp(low, high)
+    return torch.where(torch.rand(len(c_pos), 1, device=c_pos.device) < 0.5, other, near)
 
 
 def train_worker(cfg, family, device, threads):
