@@ -282,6 +282,9 @@ def syntax_error(text, col, message):
 # loading concepts and sampling
 
 
+SUPERVISED = ("judge.pt", "regressor.pt")  # infer.py's supervised networks, which share checkpoints/shapes/
+
+
 def load_concepts(ckpt_dir, device="cpu"):
     """Every checkpoint in `ckpt_dir` -> {name: Concept, or Family for a continuous family}.
     Clear errors for a bad folder, or for checkpoints of different data or image sizes."""
@@ -292,7 +295,7 @@ def load_concepts(ckpt_dir, device="cpu"):
         raise FileNotFoundError(f"checkpoint folder {ckpt_dir} holds no checkpoint (*.pt)")
     concepts, first = {}, None
     for path in paths:
-        if os.path.basename(path) == "judge.pt":  # the judge (infer.py) is not a concept model
+        if os.path.basename(path) in SUPERVISED:
             continue
         net, ckpt = load_checkpoint(path, device)
         cfg = ckpt["config"]

@@ -98,6 +98,26 @@ class Dataset:
             x = (x.float() + torch.rand(x.shape, device=device)) / 256
         return x
 
+    def where(self, spec):
+        """The data points whose discrete families take the named values: spec is
+        "family=value,family=value" (e.g. "shape=cube,color=red"); "" keeps everything."""
+        if not spec:
+            return self
+        keep = torch.ones(len(self), dtype=torch.bool)
+        for part in filter(None, spec.split(",")):
+            family, _, value = (t.strip() for t in part.partition("="))
+            values = self.concepts.get(family)
+            if values is None or family in self.ranges:
+                discrete = [f for f in self.concepts if f not in self.ranges]
+                raise ValueError(f"cannot select on {family!r}: {self.name}'s discrete families are {', '.join(discrete)}")
+            if value not in values:
+                raise ValueError(f"unknown {family} {value!r}; allowed: {', '.join(values)}")
+            keep &= self.labels[family] == values.index(value)
+        if not keep.any():
+            raise ValueError(f"no {self.name} data point has {spec}")
+        return Dataset(self.name, self.x[keep], {f: v[keep] for f, v in self.labels.items()}, self.concepts,
+                       self.data_range, self.ranges)
+
 
 def make_toy2d(n=50_000, seed=0):
     """n points drawn uniformly over the 16 modes, with every family's label."""

@@ -39,7 +39,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from compose import And, Concept, Family, Not, Or, _pyplot, parse
+from compose import SUPERVISED, And, Concept, Family, Not, Or, _pyplot, parse
 from data import COLORS, POSITION_RANGE, POSITION_SCALE, SHAPES, SIZE_RANGE, load_dataset, render_shapes
 from model import load_checkpoint, save_checkpoint
 
@@ -512,7 +512,7 @@ def infer_cli(args):
     """python infer.py --ckpt_dir DIR --concept FAMILY --images a.png b.png [--joint] [--map m.png]"""
     path = os.path.join(args.ckpt_dir, f"{args.concept}.pt")
     if not os.path.exists(path):
-        have = sorted(f[:-3] for f in os.listdir(args.ckpt_dir) if f.endswith(".pt") and f != "judge.pt") \
+        have = sorted(f[:-3] for f in os.listdir(args.ckpt_dir) if f.endswith(".pt") and f not in SUPERVISED) \
             if os.path.isdir(args.ckpt_dir) else []
         raise FileNotFoundError(f"no model of concept {args.concept!r} in {args.ckpt_dir} "
                                 f"(it has: {', '.join(have) or 'nothing'})")

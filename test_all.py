@@ -1,6 +1,7 @@
 """The tests: fast, on CPU.  Run with:  python -m pytest -q test_all.py"""
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -48,6 +49,9 @@ def test_toy2d_dataset_is_seeded_and_labelled():
     inner = a.labels["ring"] == 0
     assert (radius[inner] < 1.5).all() and (radius[~inner] > 1.5).all()
     assert ((a.x[:, 1] > 0) == (a.labels["vertical"] == 0)).float().mean() > 0.98  # top is y > 0
+    part = a.where("ring=outer,vertical=top")  # --only: the data points with these values
+    assert 0 < len(part) < 400 and (part.x.norm(dim=1) > 1.5).all() and (part.x[:, 1] > 0).all()
+    assert torch.equal(part.x, a.x[(a.labels["ring"] == 1) & (a.labels["vertical"] == 0)])
 
 
 def test_unknown_dataset_lists_known_ones():
@@ -296,10 +300,31 @@ def test_unreadable_checkpoint_is_named(tmp_path):
     (["--max_iters", "ten"], "bad value 'ten' for --max_iters: expected int"),
     (["--max_iters", "0"], "--max_iters must be at least 1, got 0"),
     (["--concept", "colour"], "unknown concept family 'colour' for toy2d; known: vertical, horizontal, ring"),
+    (["--only", "vertical=middle"], "unknown vertical 'middle'; allowed: top, bottom"),
+    (["--frozen", "no-such.pt", "--concept", "ring"], "checkpoint no-such.pt does not exist"),
 ])
 def test_train_cli_errors(args, message):
     code, _, stderr = run_cli("train.py", *args)
     assert code != 0 and message in stderr and "Traceback" not in stderr
+
+
+def test_continual_learning_through_a_frozen_model(short_run, tmp_path):
+    """paper 3.3: `horizontal` learns through the sum with a frozen `vertical`; the pair composes."""
+    out, _ = short_run
+    frozen = os.path.join(out, "vertical.pt")
+    before = open(frozen, "rb").read()
+    code, stdout, stderr = run_cli("train.py", "--dataset", "toy2d", "--concept", "horizontal", "--max_iters", "300",
+                                   "--frozen", frozen, "--out_dir", str(tmp_path))
+    assert code == 0, stderr
+    assert open(frozen, "rb").read() == before  # the frozen model is not trained
+    shutil.copy(frozen, tmp_path)
+    code, stdout, stderr = run_cli("compose.py", "top & right", "--ckpt_dir", str(tmp_path), "--num", "2000")
+    assert code == 0, stderr
+    precision, tv = (float(re.search(rf"{k} (\d\.\d+)", stdout).group(1)) for k in ("precision", "mode_tv"))
+    assert precision >= 0.85 and tv <= 0.25, stdout
+    code, _, stderr = run_cli("train.py", "--dataset", "toy2d", "--concept", "vertical", "--frozen", frozen,
+                              "--out_dir", str(tmp_path))
+    assert code != 0 and "is a model of 'vertical', the family being trained" in stderr
 
 
 def test_config_accepts_both_spellings():
@@ -466,12 +491,13 @@ def test_short_shapes_training_ranks_data_below_noise(tmp_path):
         e_data = net(ds.x, ds.labels["color"])  # (128,)
         e_noise = net(torch.rand(128, 3, 32, 32), ds.labels["color"])
     assert (e_data[:, None] < e_noise[None, :]).float().mean() > 0.9
-    # a continuous family: float conditions in the buffer, one typical energy
+    # a continuous family: one typical energy; the chains keep the data points their concepts came from
     code, _, stderr = run_cli("train.py", *common, "--concept", "position", "--max_iters", "3")
     assert code == 0, stderr
     _, ckpt = load_checkpoint(os.path.join(out, "position.pt"))
     assert ckpt["encoding"] == "numbers" and ckpt["range"] == [-1.0, 1.0] and len(ckpt["data_energy"]) == 1
-    assert ckpt["buffer"]["c"].shape == (256, 2) and ckpt["buffer"]["c"].dtype == torch.float32
+    c, filled = ckpt["buffer"]["c"], ckpt["buffer"]["filled"]
+    assert c.shape == (256,) and c.dtype == torch.long and 0 < filled.sum() and c[filled].max() < 512
     # both folders' models compose; a folder mixing datasets is refused
     code, stdout, stderr = run_cli("compose.py", "red & position=(0.5,-0.3)", "--ckpt_dir", out, "--num", "3",
                                    "--steps", "4", "--save", str(tmp_path / "x.npz"))

@@ -15,12 +15,6 @@ and written to `<out_dir>/<family>.pt`. Each iteration:
   3. loss = mean E(x+|c+) - mean E(x-|c-) + l2 * (mean E(x+)^2 + mean E(x-)^2)
      (Du & Mordatch 2019): pushes data energies down and sample energies up; the
      l2 term keeps energies near zero so they cannot drift without bound.
-  4. (`--label_neg w`, on by default for images; not in the paper) plus
-     w * mean softplus(E(x+|c+) - E(x+|c')), c' the concept of another data point:
-     a real image must have a lower energy under its own concept than under a wrong
-     one. Contrastive divergence alone teaches E(x|c) what images look like, and on
-     a CPU budget barely which c they show; this term teaches the difference
-     directly, at the price of one more forward of the batch.
 Why restart near the data: a chain stays in the mode it first falls into, so
 the buffer holds each mode in proportion to how many restarted chains reached
 it. Restarts from uniform noise reach modes in proportion to their basins and
@@ -98,7 +92,8 @@ class Config:
     reinit_from_data: float = 1.0  # share of restarted chains that start near a data point, not noise
     reinit_noise: float = 0.5  # std of the perturbation of those data points
     reinit_any: bool = False  # restart from a data point of ANY concept value, not the chain's own
-    label_neg: float = 0.0  # > 0: weight of the label-contrastive term (data under a wrong concept, below)
+    frozen: str = ""  # checkpoints (comma-separated) of models kept fixed: the new one learns through their sum
+    only: str = ""  # train on the data points with these discrete values, e.g. shape=cube,color=red
     # Langevin for compositions after training (compose.py reads these from the checkpoint)
     eval_steps: int = 200
     eval_anneal: float = 20.0
@@ -199,8 +194,12 @@ def train_concept(cfg, ds, family, device, iters_after=0):
     raw = build_concept_model(cfg, ds, family).to(device)  # the network itself, whatever wraps it
     if ds.x.dim() == 4 and device.type == "cpu":
         raw = raw.to(memory_format=torch.channels_last)
-    buffer = ReplayBuffer(cfg.buffer_size, ds.x.shape[1:], c_data.shape[1:], c_data.dtype,
-                          reinit_prob=cfg.reinit_prob, device=device)
+    # each chain remembers the data point it took its concepts from: its label for every family
+    buffer = ReplayBuffer(cfg.buffer_size, ds.x.shape[1:], (), torch.long, reinit_prob=cfg.reinit_prob, device=device)
+    frozen = load_frozen(cfg, ds, family, device)  # [(model, its family's labels (N, ...))]
+
+    def frozen_energy(x, i):  # the frozen models' summed energy of x (B, ...) at data points i's concepts
+        return sum(f(x, labels[i]) for f, labels in frozen)
     step, elapsed, ckpt = 0, 0.0, None  # iterations done, seconds spent on them (over resumed runs)
     if cfg.resume and os.path.exists(path):
         _, ckpt = load_checkpoint(path, device)
@@ -210,7 +209,10 @@ def train_concept(cfg, ds, family, device, iters_after=0):
                              f"this run is {now[0]} {tuple(now[1])}")
         raw.load_state_dict(ckpt["model"])
         # every rank resumes the chains of rank 0 (the only buffer saved); their own seeds part them
-        buffer.load_state_dict(ckpt["buffer"])
+        if ckpt.get("chains") == "data_index":
+            buffer.load_state_dict(ckpt["buffer"])
+        else:  # an older checkpoint, whose chains kept labels rather than data points
+            log(f"[{family}] note: {path} is from an older version; its chains restart from scratch")
         step, elapsed = ckpt["step"], ckpt["elapsed"]
         log(f"[{family}] resumed from {path} at step {step}")
     if step >= cfg.max_iters:
@@ -256,7 +258,7 @@ def train_concept(cfg, ds, family, device, iters_after=0):
                 "model_args": model_args(raw), "family": family,
                 "values": list(ds.concepts[family]), "encoding": "numbers" if continuous else "index",
                 "range": list(ds.ranges.get(family, ())), "data_energy": data_energy,
-                "optimizer": opt.state_dict(), "step": step, "buffer": buffer.state_dict(),
+                "optimizer": opt.state_dict(), "step": step, "buffer": buffer.state_dict(), "chains": "data_index",
                 "rng": torch.get_rng_state(), "elapsed": elapsed + time.time() - t0, "config": run_config(cfg, ds)}
         save_checkpoint(ckpt, path)
         if cfg.snapshots:  # the weights alone, to measure quality against training time afterwards
@@ -274,23 +276,22 @@ def train_concept(cfg, ds, family, device, iters_after=0):
         near = torch.rand(cfg.batch_size, device=device) < cfg.reinit_from_data
         x_start = ds.batch(torch.randint(len(ds), (cfg.batch_size,)), device) if cfg.reinit_any else x_pos
         x_new[near] = (x_start[near] + cfg.reinit_noise * torch.randn_like(x_pos[near])).clamp(lo, hi)
-        x_neg, c_neg, slots, _ = buffer.sample(x_new, c_pos)
+        x_neg, i_neg, slots, _ = buffer.sample(x_new, idx)  # (B, ...), (B,) the chains' data points
+        c_neg = c_data[i_neg]
         # the weights do not change during the chain: spectral norm's W / sigma is computed once.
         # Langevin runs on the unwrapped network: its forwards must not trigger DDP's gradient sync
         with torch.nn.utils.parametrize.cached():
-            x_neg = langevin(lambda x: raw(x, c_neg), x_neg, cfg.steps, cfg.step_size, cfg.noise_scale,
-                             clamp=(lo, hi), grad_clip=cfg.grad_clip)
-        buffer.update(slots, x_neg, c_neg)
-        xs, cs = [x_pos, x_neg], [c_pos, c_neg]
-        if cfg.label_neg:  # the data again, each image under the concept of another data point
-            xs.append(x_pos)
-            cs.append(other_concepts(c_data, c_pos, ds.ranges.get(family), len(ds.concepts[family])))
-        # one forward for every part: under DDP, one forward per backward, as it requires
-        e = net(torch.cat(xs), torch.cat(cs)).split(cfg.batch_size)  # 2 or 3 of (B,)
-        e_pos, e_neg = e[0], e[1]
+            x_neg = langevin(lambda x: raw(x, c_neg) + frozen_energy(x, i_neg), x_neg, cfg.steps, cfg.step_size,
+                             cfg.noise_scale, clamp=(lo, hi), grad_clip=cfg.grad_clip)
+        buffer.update(slots, x_neg, i_neg)
+        # one forward for both halves: under DDP, one forward per backward, as it requires
+        e = net(torch.cat([x_pos, x_neg]), torch.cat([c_pos, c_neg]))  # (2B,)
+        e_pos, e_neg = e[: cfg.batch_size], e[cfg.batch_size:]
+        if frozen:  # the energy being trained is the sum; the frozen part carries no gradient
+            with torch.no_grad():
+                f_pos, f_neg = frozen_energy(x_pos, idx), frozen_energy(x_neg, i_neg)
+            e_pos, e_neg = e_pos + f_pos, e_neg + f_neg
         loss = e_pos.mean() - e_neg.mean() + cfg.l2 * (e_pos.pow(2).mean() + e_neg.pow(2).mean())
-        if cfg.label_neg:  # a logistic loss on E(x+|c') - E(x+|c+): zero once the true concept wins clearly
-            loss = loss + cfg.label_neg * torch.nn.functional.softplus(e_pos - e[2]).mean()
         if not torch.isfinite(loss):
             raise RuntimeError(f"[{family}] loss is {loss.item()} at step {step}: training diverged; "
                                f"try a smaller --lr or a larger --l2 (last checkpoint: {path})")
@@ -328,16 +329,20 @@ def train_concept(cfg, ds, family, device, iters_after=0):
     log(f"[{family}] wrote {path}")
 
 
-def other_concepts(c_data, c_pos, value_range, n_values):
-    """For each label of c_pos (B,) or (B, d), a different one: a discrete label moves to one of
-    the other values; a continuous label is swapped for another data point's, and half of them,
-    to also teach fine differences, for the label itself plus noise (std 0.2 of value_range)."""
-    if value_range is None:  # (B,): a uniform draw among the n_values - 1 other values
-        return (c_pos + torch.randint(1, n_values, c_pos.shape, device=c_pos.device)) % n_values
-    other = c_data[torch.randint(len(c_data), (len(c_pos),), device=c_pos.device)]  # (B, d)
-    low, high = value_range
-    near = (c_pos + 0.2 * (high - low) * torch.randn_like(c_pos)).clamp(low, high)
-    return torch.where(torch.rand(len(c_pos), 1, device=c_pos.device) < 0.5, other, near)
+def load_frozen(cfg, ds, family, device):
+    """The --frozen models (continual learning, paper 3.3), each with its family's label of every
+    data point. They must come from this dataset and image size, and model another family."""
+    frozen = []
+    for path in filter(None, cfg.frozen.split(",")):
+        net, ckpt = load_checkpoint(path, device)
+        was, now = (ckpt["config"]["dataset"], ckpt["config"]["x_shape"]), (cfg.dataset, list(ds.x.shape[1:]))
+        if was != now:
+            raise ValueError(f"--frozen {path} was trained on {was[0]} {tuple(was[1])}; "
+                             f"this run is {now[0]} {tuple(now[1])}")
+        if ckpt["family"] == family:
+            raise ValueError(f"--frozen {path} is a model of {family!r}, the family being trained")
+        frozen.append((net, ds.labels[ckpt["family"]].to(device)))
+    return frozen
 
 
 def train_worker(cfg, family, device, threads):
@@ -348,14 +353,16 @@ def train_worker(cfg, family, device, threads):
 
 
 def dataset_for(cfg):
-    """The run's training data."""
+    """The run's training data (with --only, the part of it that has those values)."""
     if cfg.dataset == "toy2d":
-        return load_dataset("toy2d", n=cfg.n_data, seed=cfg.seed)
-    if cfg.dataset == "shapes":
-        return load_dataset("shapes", n=cfg.n_data, seed=cfg.seed, image_size=cfg.img_size, cache_dir=cfg.cache_dir)
-    if cfg.dataset == "celeba":  # every image of the training split; --n_data does not apply
-        return load_dataset("celeba", data_dir=cfg.data_dir, image_size=cfg.img_size, cache_dir=cfg.cache_dir)
-    return load_dataset(cfg.dataset)  # an unknown name: the error lists the known ones
+        ds = load_dataset("toy2d", n=cfg.n_data, seed=cfg.seed)
+    elif cfg.dataset == "shapes":
+        ds = load_dataset("shapes", n=cfg.n_data, seed=cfg.seed, image_size=cfg.img_size, cache_dir=cfg.cache_dir)
+    elif cfg.dataset == "celeba":  # every image of the training split; --n_data does not apply
+        ds = load_dataset("celeba", data_dir=cfg.data_dir, image_size=cfg.img_size, cache_dir=cfg.cache_dir)
+    else:
+        ds = load_dataset(cfg.dataset)  # an unknown name: the error lists the known ones
+    return ds.where(cfg.only)
 
 
 def run_config(cfg, ds):
