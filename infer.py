@@ -175,17 +175,22 @@ def infer(net, ckpt, x, joint=False, n_grid=21, refine_steps=60):
     energies (eq. 12). Discrete: the argmin over every value. Continuous: the argmin
     over a grid, then gradient descent on the numbers (Adam, kept inside the range)."""
     views = x if x.dim() == 5 else x[None] if joint else x[:, None]  # (S, K, 3, H, W)
-    S, K = views.shape[:2]
-    flat = views.flatten(0, 1)  # (S K, 3, H, W)
     values = candidate_values(ckpt, n_grid)
-    e = energies_over(net, flat, values).view(S, K, -1).sum(1)  # (S, V): eq. 12
+    e = energies_over(net, views.flatten(0, 1), values).view(*views.shape[:2], -1).sum(1)  # (S, V): eq. 12
     best = values[e.argmin(1)]  # (S,) or (S, d)
-    if ckpt["encoding"] == "index" or not refine_steps:
+    if ckpt["encoding"] == "index":
         return best
+    return refine(net, ckpt, views, best, refine_steps)
+
+
+def refine(net, ckpt, views, start, steps=60):
+    """Gradient descent on continuous values (S, d) from `start`, each scene's energy summed over
+    its views (S, K, 3, H, W); Adam, clamped to the family's range."""
     low, high = ckpt["range"]
-    c = best.clone().requires_grad_(True)
+    flat, K = views.flatten(0, 1), views.shape[1]
+    c = start.clone().requires_grad_(True)
     opt = torch.optim.Adam([c], lr=0.02 * (high - low))
-    for _ in range(refine_steps):
+    for _ in range(steps):
         loss = net(flat, c.repeat_interleave(K, 0)).sum()  # each scene's value for each of its views
         opt.zero_grad()
         loss.backward()
@@ -257,16 +262,21 @@ def position_error(found, truth):
     return (found - truth).abs().mean().item()
 
 
+def load_position_model(path):
+    """A position EBM for the inference experiments; another family is a clear error."""
+    net, ckpt = load_checkpoint(path)
+    if ckpt["family"] != "position":
+        raise ValueError(f"{path} is a model of {ckpt['family']!r}; the inference experiments need position models")
+    return net, ckpt
+
+
 def ood_table(models, regressor_path=REGRESSOR_PATH, n=256, seed=301):
     """Position error of each EBM (argmin of E(x | position)) and of the supervised regressor on
     renders that change one factor never seen in training: unseen colors, an unseen light
     (over a sky and ground), unseen sizes, an unseen shape (cone). Prints the table and, last,
     `ebm_avg X regressor_avg Y` (the first EBM, averaged over the four changed sets)."""
     regressor, _ = load_judge(regressor_path)
-    ebms = [load_checkpoint(p) for p in models]
-    for p, (_, ck) in zip(models, ebms):
-        if ck["family"] != "position":
-            raise ValueError(f"{p} is a model of {ck['family']!r}; the table needs position models")
+    ebms = [load_position_model(p) for p in models]
     names = [f"EBM, {ck['config']['steps']} steps" for _, ck in ebms] + ["regressor (MSE)"]
     rows = {}
     for column, heldout in [("Train", None)] + list(OOD_SETS.items()):
@@ -299,15 +309,19 @@ def render_views(n_scenes, n_views, seed, scene="ground", clutter=1):
 
 def views_table(model, n_scenes=64, max_views=8, seed=401, figure="assets/infer_views.png"):
     """Position error against the number of views combined (eq. 12), Figure 9a's analog."""
-    net, ckpt = load_checkpoint(model)
+    net, ckpt = load_position_model(model)
     x, truth = render_views(n_scenes, max_views, seed)
+    values = candidate_values(ckpt, 21)
+    e = energies_over(net, x.flatten(0, 1), values).view(n_scenes, max_views, -1)  # (S, K, V): once for every k
     errors = []
-    for k in range(1, max_views + 1):
-        errors.append(position_error(infer(net, ckpt, x[:, :k]), truth))
+    for k in range(1, max_views + 1):  # the first k views of every scene: infer's grid, then refine
+        start = values[e[:, :k].sum(1).argmin(1)]  # (S, 2)
+        errors.append(position_error(refine(net, ckpt, x[:, :k], start), truth))
         print(f"{k} view(s): mean absolute position error {errors[-1]:.3f}", flush=True)
     plt = _pyplot()
     fig, ax = plt.subplots(1, 2, figsize=(7, 3), gridspec_kw={"width_ratios": [1.3, 1]})
-    ax[0].imshow(x[0].permute(2, 0, 3, 1).reshape(32, -1, 3).numpy())
+    rows = x[0].reshape(2, max_views // 2, 3, 32, 32).permute(0, 3, 1, 4, 2)  # (2, H, K/2, W, 3)
+    ax[0].imshow(rows.reshape(64, -1, 3).numpy())
     ax[0].set_title("the views of one object", fontsize=8)
     ax[0].axis("off")
     ax[1].plot(range(1, max_views + 1), errors, "o-")
@@ -343,17 +357,17 @@ def objects_table(model, n=128, seed=501, figure="assets/infer_two_objects.png")
     """Figure 10's analog: the single-object position model's energy map over an image of two
     objects; recovered when its two lowest local minima lie within POSITION_TOL of the two
     objects (one minimum each)."""
-    net, _ = load_checkpoint(model)
+    net, _ = load_position_model(model)
     x, pos = two_object_images(n, seed)
-    found, maps = [], []
-    for img, p in zip(x, pos.numpy()):
+    found = []
+    for i, (img, p) in enumerate(zip(x, pos.numpy())):
         e, _, minima = energy_map(net, img)
-        maps.append((e, minima))
-        m = minima[:2]
-        found.append(len(m) == 2 and any(all(np.hypot(*(np.array(m[i]) - p[j])) <= POSITION_TOL
-                                             for i, j in zip((0, 1), order)) for order in ((0, 1), (1, 0))))
+        m = np.array(minima[:2])  # (2, 2): the two lowest minima, if there are two
+        found.append(len(m) == 2 and any(np.hypot(*(m - p[list(order)]).T).max() <= POSITION_TOL
+                                         for order in ((0, 1), (1, 0))))
+        if i == 0:
+            save_energy_map(img, e, minima, figure, f"two objects; lowest minima {np.round(m, 2).tolist()}")
     rate = float(np.mean(found))
-    save_energy_map(x[0], *maps[0], figure, f"two objects: lowest minima {[tuple(round(v, 2) for v in q) for q in maps[0][1][:2]]}")
     print(f"wrote {figure}")
     print(f"two-object recovery {rate:.3f} ({sum(found)} of {n} images: both objects within {POSITION_TOL} "
           f"of the two lowest minima)")

@@ -4,6 +4,7 @@
     python train.py --dataset toy2d --max_iters=300  # any setting of Config, as --key value or --key=value
     python train.py --dataset toy2d --resume         # continue a stopped run from its checkpoints
     python train.py --dataset shapes --concept color --out_dir out-shapes   # one image concept model
+    python train.py --dataset toy2d --concept ring --frozen out-a/vertical.pt   # learn through a frozen model
 
 One model is trained per concept family (`--concept vertical` trains just one,
 `--concept Smiling,Male` two)
@@ -15,6 +16,9 @@ and written to `<out_dir>/<family>.pt`. Each iteration:
   3. loss = mean E(x+|c+) - mean E(x-|c-) + l2 * (mean E(x+)^2 + mean E(x-)^2)
      (Du & Mordatch 2019): pushes data energies down and sample energies up; the
      l2 term keeps energies near zero so they cannot drift without bound.
+With --frozen (continual learning, paper 3.3) the energy in steps 2 and 3 is the sum of
+the new model and the frozen ones, each under the chain's (or data point's) own label
+of its family: the new model learns only what the frozen ones do not already say.
 Why restart near the data: a chain stays in the mode it first falls into, so
 the buffer holds each mode in proportion to how many restarted chains reached
 it. Restarts from uniform noise reach modes in proportion to their basins and
