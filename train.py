@@ -207,10 +207,7 @@ def train_concept(cfg, ds, family, device, iters_after=0):
     step, elapsed, ckpt = 0, 0.0, None  # iterations done, seconds spent on them (over resumed runs)
     if cfg.resume and os.path.exists(path):
         _, ckpt = load_checkpoint(path, device)
-        was, now = (ckpt["config"]["dataset"], ckpt["config"]["x_shape"]), (cfg.dataset, list(ds.x.shape[1:]))
-        if was != now:
-            raise ValueError(f"cannot resume {path}: it was trained on {was[0]} {tuple(was[1])}, "
-                             f"this run is {now[0]} {tuple(now[1])}")
+        check_same_data(ckpt, cfg, ds, f"cannot resume {path}")
         raw.load_state_dict(ckpt["model"])
         # every rank resumes the chains of rank 0 (the only buffer saved); their own seeds part them
         if ckpt.get("chains") == "data_index":
@@ -333,16 +330,20 @@ def train_concept(cfg, ds, family, device, iters_after=0):
     log(f"[{family}] wrote {path}")
 
 
+def check_same_data(ckpt, cfg, ds, what):
+    """A checkpoint used by this run (resumed or frozen) must come from its dataset and input shape."""
+    was, now = (ckpt["config"]["dataset"], ckpt["config"]["x_shape"]), (cfg.dataset, list(ds.x.shape[1:]))
+    if was != now:
+        raise ValueError(f"{what}: it was trained on {was[0]} {tuple(was[1])}, this run is {now[0]} {tuple(now[1])}")
+
+
 def load_frozen(cfg, ds, family, device):
     """The --frozen models (continual learning, paper 3.3), each with its family's label of every
     data point. They must come from this dataset and image size, and model another family."""
     frozen = []
     for path in filter(None, cfg.frozen.split(",")):
         net, ckpt = load_checkpoint(path, device)
-        was, now = (ckpt["config"]["dataset"], ckpt["config"]["x_shape"]), (cfg.dataset, list(ds.x.shape[1:]))
-        if was != now:
-            raise ValueError(f"--frozen {path} was trained on {was[0]} {tuple(was[1])}; "
-                             f"this run is {now[0]} {tuple(now[1])}")
+        check_same_data(ckpt, cfg, ds, f"--frozen {path}")
         if ckpt["family"] == family:
             raise ValueError(f"--frozen {path} is a model of {family!r}, the family being trained")
         frozen.append((net, ds.labels[ckpt["family"]].to(device)))
