@@ -148,6 +148,7 @@ POSITION_SCALE = 0.55  # an object at x sits at W/2 * (1 + POSITION_SCALE * x): 
 SHAPES_SCENES = ("plain", "ground")
 SHAPES_IMAGE_SIZES = (32, 64)
 SHAPES_HELDOUT = (None, "colors", "light", "sizes", "shape")
+LARGE_SIZES = (0.6, 0.7)  # cross-product data (corner=...): the only sizes outside the corner
 
 AMBIENT = 0.55  # darkest shading factor under the training lights
 DEFAULT_LIGHT = (-0.45, 0.85, 0.35)  # (x right, y up, z towards the viewer): from the upper left
@@ -253,7 +254,14 @@ def render_shapes(labels, image_size=32, scene="plain", clutter=0, light=None, s
     return out
 
 
-def make_shapes(n=20_000, seed=0, image_size=32, scene="plain", clutter=0, heldout=None, cache_dir="out-data"):
+def corner_side(corner):
+    """Side of the top-right square of positions that holds the share `corner` of the
+    position square [-1, 1]^2: it spans [1 - side, 1] in x and in y."""
+    return 2 * math.sqrt(corner)
+
+
+def make_shapes(n=20_000, seed=0, image_size=32, scene="plain", clutter=0, heldout=None, corner=None,
+                cache_dir="out-data"):
     """n rendered images with shape, color, size and position labels, cached in cache_dir.
 
     heldout: None, "colors" (HELDOUT_COLORS only: labels["color"] then index into
@@ -264,12 +272,18 @@ def make_shapes(n=20_000, seed=0, image_size=32, scene="plain", clutter=0, heldo
     ranges are the training ranges, also for heldout="sizes". Labels are drawn in
     the same order for every variant, so one seed gives the same sizes and
     positions with and without a held-out factor.
+    corner (cross-product generalisation, paper 3.4): every object is a red sphere; the
+    ones in the top-right square holding the share `corner` of positions (corner_side)
+    take every size, all the others only LARGE_SIZES. corner=0 is large spheres only.
     """
     _check("heldout", heldout, SHAPES_HELDOUT)
+    if corner is not None and not 0 <= corner <= 1:
+        raise ValueError(f"corner must be a share of the positions in [0, 1], got {corner!r}")
     _check("scene", scene, SHAPES_SCENES)
     _check("image_size", image_size, SHAPES_IMAGE_SIZES)
     names = tuple(HELDOUT_COLORS if heldout == "colors" else COLORS)
-    path = os.path.join(cache_dir, f"shapes_n{n}_s{seed}_{image_size}_{scene}_c{clutter}_{heldout or 'none'}.npz")
+    path = os.path.join(cache_dir, f"shapes_n{n}_s{seed}_{image_size}_{scene}_c{clutter}_{heldout or 'none'}"
+                        f"{'' if corner is None else f'_corner{corner:g}'}.npz")
     if os.path.exists(path):
         with np.load(path) as f:
             d = dict(f)
@@ -280,6 +294,10 @@ def make_shapes(n=20_000, seed=0, image_size=32, scene="plain", clutter=0, heldo
              "position": rng.uniform(*POSITION_RANGE, (n, 2))}
         if heldout == "shape":
             d["shape"][:] = len(SHAPES)
+        if corner is not None:
+            d["shape"][:], d["color"][:] = SHAPES.index("sphere"), names.index("red")
+            inside = (d["position"] >= 1 - corner_side(corner)).all(1)  # (N,) in the corner square
+            d["size"] = np.where(inside, d["size"], rng.uniform(*LARGE_SIZES, n))
         rgb = np.array([(HELDOUT_COLORS | COLORS)[k] for k in names])[d["color"]]  # (N, 3)
         d["images"] = render_shapes({**d, "color": rgb}, image_size, "ground" if heldout == "light" else scene,
                                     clutter, "unseen" if heldout == "light" else None, seed=int(rng.integers(2**31)))

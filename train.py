@@ -98,6 +98,7 @@ class Config:
     reinit_any: bool = False  # restart from a data point of ANY concept value, not the chain's own
     frozen: str = ""  # checkpoints (comma-separated) of models kept fixed: the new one learns through their sum
     only: str = ""  # train on the data points with these discrete values, e.g. shape=cube,color=red
+    corner: float = -1.0  # shapes, >= 0: the cross-product data of paper 3.4 (data.make_shapes); < 0: off
     # Langevin for compositions after training (compose.py reads these from the checkpoint)
     eval_steps: int = 200
     eval_anneal: float = 20.0
@@ -359,10 +360,13 @@ def train_worker(cfg, family, device, threads):
 
 def dataset_for(cfg):
     """The run's training data (with --only, the part of it that has those values)."""
+    if cfg.corner >= 0 and cfg.dataset != "shapes":
+        raise ValueError(f"--corner is a setting of the shapes dataset, not of {cfg.dataset!r}")
     if cfg.dataset == "toy2d":
         ds = load_dataset("toy2d", n=cfg.n_data, seed=cfg.seed)
     elif cfg.dataset == "shapes":
-        ds = load_dataset("shapes", n=cfg.n_data, seed=cfg.seed, image_size=cfg.img_size, cache_dir=cfg.cache_dir)
+        ds = load_dataset("shapes", n=cfg.n_data, seed=cfg.seed, image_size=cfg.img_size, cache_dir=cfg.cache_dir,
+                          corner=cfg.corner if cfg.corner >= 0 else None)
     elif cfg.dataset == "celeba":  # every image of the training split; --n_data does not apply
         ds = load_dataset("celeba", data_dir=cfg.data_dir, image_size=cfg.img_size, cache_dir=cfg.cache_dir)
     else:
