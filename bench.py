@@ -11,6 +11,9 @@
                                    # snapshots train.py keeps for image data
     python bench.py --continual out-continual     # continual learning: three-way compositions
                                    # never seen together in training, judged (README)
+    python bench.py --crossproduct out-cross      # cross-product generalisation: size and position
+                                   # errors at unseen combinations, composed EBMs against a
+                                   # holistic generator (README)
 
 Timings are medians over repeats, and every ratio is taken against a baseline
 measured in the same run, on the same machine, at the same moment.
@@ -31,7 +34,7 @@ import torch
 from compose import (TOY2D_SUITE, Concept, _pyplot, balance, load_concepts, log_partition, parse, sample,
                      sampling_settings, toy2d_quality)
 from data import TOY2D_FAMILIES, TOY2D_STD, Dataset, make_toy2d, toy2d_modes
-from model import IMAGE_PRESETS, build_model
+from model import IMAGE_PRESETS, build_model, model_args
 from sampler import langevin
 from train import dataset_for, parse_config, train_concept
 
@@ -286,6 +289,133 @@ def bench_shapes(ckpt_dir, n=256, figure="assets/shapes_compose.png", steps=None
     return rows
 
 
+# ----------------------------------------------------------------------------
+# cross-product generalisation (paper 3.4): a position EBM trained on large red spheres
+# (--corner 0) and a size EBM per fraction f (--corner f: every size only in a top-right
+# corner holding f of the positions), composed, against one holistic generator per f
+
+CROSS_TEST_CORNER = 0.1  # the test places lie outside this corner: unseen with sizes < 0.6 for every f < 1
+
+
+def crossproduct_test(n=128, seed=701):
+    """n unseen combinations: positions (n, 2) outside the CROSS_TEST_CORNER square, sizes
+    (n, 1) below LARGE_SIZES, which the data of every fraction f <= 0.1 only has in its corner."""
+    from data import LARGE_SIZES, SIZE_RANGE, corner_side
+    g = torch.Generator().manual_seed(seed)
+    pos = 2 * torch.rand(4 * n, 2, generator=g) - 1  # (4n, 2), then keep n outside the corner
+    pos = pos[(pos < 1 - corner_side(CROSS_TEST_CORNER)).any(1)][:n]
+    size = SIZE_RANGE[0] + (LARGE_SIZES[0] - SIZE_RANGE[0]) * torch.rand(n, 1, generator=g)  # (n, 1)
+    return pos, size
+
+
+def train_holistic(ds, path, iters=1500, batch=64, lr=2e-3, seed=0):
+    """The holistic baseline (model.Generator): (x, y, size) -> image, by MSE on the data ds."""
+    from model import save_checkpoint
+    torch.manual_seed(seed)
+    gen = build_model("generator", image_size=ds.x.shape[-1])
+    opt = torch.optim.Adam(gen.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, iters, eta_min=lr / 20)
+    c = torch.cat([ds.labels["position"], ds.labels["size"]], 1)  # (N, 3)
+    t0 = time.time()
+    for it in range(1, iters + 1):
+        idx = torch.randint(len(ds), (batch,))
+        loss = torch.nn.functional.mse_loss(gen(c[idx]), ds.batch(idx))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if it % 250 == 0:
+            print(f"[holistic] iter {it}/{iters} | mse {loss.item():.5f} | {time.time() - t0:.0f} s", flush=True)
+    save_checkpoint({"model": gen.state_dict(), "model_args": model_args(gen), "family": "holistic",
+                     "iters": iters}, path)
+    return gen
+
+
+def bench_crossproduct(out_dir, n=128, figure="assets/crossproduct.png"):
+    """Size and position error, read by the judge, of generations at unseen combinations:
+    the composed EBMs (position & size, Langevin from noise) against the holistic generator,
+    for every fraction folder out_dir/f<f>/ (size.pt; holistic.pt is trained if missing)."""
+    from data import load_dataset
+    from infer import load_judge, position_error, predict
+    from model import load_checkpoint
+    judge, _ = load_judge()
+    pos, size = crossproduct_test(n)
+    position, _ = load_checkpoint(os.path.join(out_dir, "position.pt"))
+    truth = render_truth(pos, size)
+    large = render_truth(pos, torch.full_like(size, 0.65))  # what ignoring the asked size draws
+    rows = [("renders of the truth", None, truth), ("large spheres, asked place", None, large)]
+    pictures = [("truth", truth[:8])]
+    folders = sorted((d for d in os.listdir(out_dir) if re.fullmatch(r"f[0-9.]+", d)), key=lambda d: float(d[1:]))
+    if not folders:
+        raise FileNotFoundError(f"{out_dir} holds no fraction folder f<fraction>/ (see README: cross-product)")
+    for d in folders:
+        size_net, ckpt = load_checkpoint(os.path.join(out_dir, d, "size.pt"))
+        cfg, t0 = ckpt["config"], time.time()
+        expr = (Concept(position, "position", pos.tolist(), "position")
+                & Concept(size_net, "size", size.tolist(), "size"))  # one combination per sample
+        x_ebm = sample(expr, n, sampling_settings(cfg), seed=0)
+        path = os.path.join(out_dir, d, "holistic.pt")
+        if os.path.exists(path):
+            gen, _ = load_checkpoint(path)
+        else:
+            ds = load_dataset("shapes", n=cfg["n_data"], seed=cfg["seed"], image_size=cfg["img_size"],
+                              corner=cfg["corner"], cache_dir=cfg["cache_dir"])
+            gen = train_holistic(ds, path).eval()
+        with torch.no_grad():
+            x_gen = gen(torch.cat([pos, size], 1))
+        for name, x in ((f"EBMs, {d}", x_ebm), (f"holistic, {d}", x_gen)):
+            rows.append((name, float(d[1:]), x))
+            pictures.append((name, x[:8]))
+        print(f"{d} done in {time.time() - t0:.0f} s", flush=True)
+    print(f"{'generator':<24} {'size error':>10} {'position error':>14}   ({n} unseen combinations)")
+    results = []
+    for name, f, x in rows:
+        p = predict(judge, x)
+        err = ((p["size"] - size[:, 0]).abs().mean().item(), position_error(p["position"], pos))
+        results.append((name, f, *err))
+        print(f"{name:<24} {err[0]:>10.3f} {err[1]:>14.3f}")
+    if figure:
+        plot_crossproduct(results, pictures, figure)
+    return results
+
+
+def render_truth(pos, size):
+    """Red spheres rendered at the test combinations: what a perfect generator draws."""
+    from data import COLORS, SHAPES, render_shapes
+    n = len(pos)
+    labels = {"shape": [SHAPES.index("sphere")] * n, "color": [COLORS["red"]] * n,
+              "size": size[:, 0].numpy(), "position": pos.numpy()}
+    return torch.from_numpy(render_shapes(labels)).permute(0, 3, 1, 2).float() / 255  # (n, 3, 32, 32)
+
+
+def plot_crossproduct(results, pictures, figure):
+    """Left: 8 generations per row; right: both errors against the fraction of positions."""
+    from compose import image_grid
+    plt = _pyplot()
+    fig = plt.figure(figsize=(11, 0.75 * len(pictures) + 0.5))
+    grid = fig.add_gridspec(len(pictures), 3, width_ratios=(2.2, 1, 1))
+    for i, (name, x) in enumerate(pictures):
+        ax = fig.add_subplot(grid[i, 0])
+        ax.imshow(image_grid(x, nrow=8))
+        ax.set_axis_off()
+        ax.set_title(name, fontsize=8, loc="left")
+    truth, large = results[:2]
+    for j, what in enumerate(("size error", "position error")):
+        ax = fig.add_subplot(grid[:, 1 + j])
+        for kind in ("EBMs", "holistic"):
+            pts = sorted((r[1], r[2 + j]) for r in results[2:] if r[0].startswith(kind))
+            ax.plot(*zip(*pts), "o-", label="composed EBMs" if kind == "EBMs" else "holistic (MSE)")
+        ax.axhline(truth[2 + j], color="grey", ls="--", label="renders of the truth")
+        ax.axhline(large[2 + j], color="grey", ls=":", label="large spheres at the asked places")
+        ax.set_xscale("log")
+        ax.set_xlabel("share of positions with every size")
+        ax.set_title(f"{what} at unseen combinations", fontsize=9)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(figure, dpi=110)
+    print(f"wrote {figure}")
+
+
 def bench_curve(out_dir, n=128, steps=None, every=500):
     """Accuracy of each concept model against its training time: each snapshot in
     <out_dir>/snapshots (every `every` iterations) samples n images of values drawn from the
@@ -415,12 +545,16 @@ def main():
     ap.add_argument("--shapes", metavar="CKPT_DIR", help="judge compositions of these shapes models")
     ap.add_argument("--curve", metavar="OUT_DIR", help="accuracy against training time of a shapes run")
     ap.add_argument("--continual", metavar="CKPT_DIR", help="judge the continual-learning models' compositions")
+    ap.add_argument("--crossproduct", metavar="DIR", help="cross-product generalisation: composed EBMs against "
+                    "a holistic generator (DIR/position.pt, DIR/f<fraction>/size.pt)")
     ap.add_argument("--steps", type=int, default=None, help="Langevin steps for --shapes / --curve")
     ap.add_argument("--samplers", action="store_true", help="ULA, MALA and HMC at equal cost")
     ap.add_argument("--partition", action="store_true", help="partition functions and disjunctions (A.6)")
     args = ap.parse_args()
     os.chdir(os.path.dirname(os.path.abspath(__file__)))
-    if args.shapes or args.curve or args.continual:  # image benchmarks only
+    if args.shapes or args.curve or args.continual or args.crossproduct:  # image benchmarks only
+        if args.crossproduct:
+            bench_crossproduct(args.crossproduct)
         if args.continual:
             bench_shapes(args.continual, steps=args.steps, suite=CONTINUAL_SUITE, target=0.8,
                          figure="assets/shapes_continual.png")

@@ -282,7 +282,7 @@ def syntax_error(text, col, message):
 # loading concepts and sampling
 
 
-SUPERVISED = ("judge.pt", "regressor.pt")  # infer.py's supervised networks, which share checkpoints/shapes/
+SUPERVISED = ("judge.pt", "regressor.pt", "holistic.pt")  # supervised networks (infer.py, bench.py), not concept models
 
 
 def load_concepts(ckpt_dir, device="cpu"):

@@ -302,6 +302,8 @@ def test_unreadable_checkpoint_is_named(tmp_path):
     (["--concept", "colour"], "unknown concept family 'colour' for toy2d; known: vertical, horizontal, ring"),
     (["--only", "vertical=middle"], "unknown vertical 'middle'; allowed: top, bottom"),
     (["--frozen", "no-such.pt", "--concept", "ring"], "checkpoint no-such.pt does not exist"),
+    (["--corner", "0.1"], "--corner is a setting of the shapes dataset, not of 'toy2d'"),
+    (["--dataset", "shapes", "--corner", "2", "--cache_dir", "/nonexistent"], "corner must be a share of the positions in [0, 1], got 2.0"),
 ])
 def test_train_cli_errors(args, message):
     code, _, stderr = run_cli("train.py", *args)
@@ -443,6 +445,36 @@ def test_judge_reads_held_out_renders():
     judge, _ = load_judge(os.path.join(SHAPES_DIR, "judge.pt"))
     acc = judge_accuracy(judge, make_shapes(n=1000, seed=999))
     assert acc["shape"] >= 0.98 and acc["color"] >= 0.98 and acc["position_error"] <= 0.05 and acc["size"] >= 0.95
+
+
+def test_crossproduct_data_test_set_and_holistic_baseline(tmp_path):
+    """paper 3.4: every size only in the corner; test places outside it; the baseline learns."""
+    import bench
+    from data import COLORS, LARGE_SIZES, SHAPES, corner_side, make_shapes
+    from infer import load_judge, position_error, predict
+    ds = make_shapes(n=512, seed=0, corner=0.25, cache_dir=str(tmp_path))  # corner square [0, 1]^2
+    assert (ds.labels["shape"] == SHAPES.index("sphere")).all() and (ds.labels["color"] == list(COLORS).index("red")).all()
+    inside, size = (ds.labels["position"] >= 1 - corner_side(0.25)).all(1), ds.labels["size"][:, 0]
+    assert 0.15 < inside.float().mean() < 0.35
+    assert ((size[~inside] >= LARGE_SIZES[0]) & (size[~inside] <= LARGE_SIZES[1])).all()
+    assert (size[inside] < LARGE_SIZES[0]).float().mean() > 0.5  # U(0.3, 0.7): 3/4 below 0.6
+    assert (make_shapes(n=64, seed=1, corner=0, cache_dir=str(tmp_path)).labels["size"] >= LARGE_SIZES[0]).all()
+    pos, want = bench.crossproduct_test(64)
+    assert len(pos) == 64 and (pos < 1 - corner_side(bench.CROSS_TEST_CORNER)).any(1).all() and (want < 0.6).all()
+    # one combination per sample: a Concept of (B, d) values conditions each sample on its own row
+    net = build_model("image", cond_dim=2).eval()  # eval: spectral norm's power iteration stays put
+    torch.nn.init.normal_(net.blocks[0].film.weight)
+    x = torch.rand(3, 3, 32, 32)
+    rows = Concept(net, "position", pos[:3].tolist(), "position")(x)
+    assert torch.allclose(rows, torch.stack([Concept(net, "position", p, "p")(x[i:i + 1])[0]
+                                             for i, p in enumerate(pos[:3].tolist())]), atol=1e-5)
+    gen = bench.train_holistic(ds, str(tmp_path / "holistic.pt"), iters=150, batch=32)
+    judge, _ = load_judge(os.path.join(SHAPES_DIR, "judge.pt"))
+    with torch.no_grad():
+        p = predict(judge, gen(torch.cat([ds.labels["position"], ds.labels["size"]], 1)[:128]))
+    assert (p["size"] - size[:128]).abs().mean() < 0.05 and position_error(p["position"], ds.labels["position"][:128]) < 0.05
+    again, _ = load_checkpoint(str(tmp_path / "holistic.pt"))
+    assert torch.allclose(again(pos[:2].new_tensor([[0.0, 0.0, 0.5]])), gen(torch.tensor([[0.0, 0.0, 0.5]])))
 
 
 def test_score_cli_judges_concepts_and_counts_objects(tmp_path):
