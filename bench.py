@@ -308,7 +308,7 @@ def crossproduct_test(n=128, seed=701):
     return pos, size
 
 
-def train_holistic(ds, path, iters=1500, batch=64, lr=2e-3, seed=0):
+def train_holistic(ds, path, iters=600, batch=64, lr=2e-3, seed=0):
     """The holistic baseline (model.Generator): (x, y, size) -> image, by MSE on the data ds."""
     from model import save_checkpoint
     torch.manual_seed(seed)
@@ -345,7 +345,9 @@ def bench_crossproduct(out_dir, n=128, figure="assets/crossproduct.png"):
     large = render_truth(pos, torch.full_like(size, 0.65))  # what ignoring the asked size draws
     rows = [("renders of the truth", None, truth), ("large spheres, asked place", None, large)]
     pictures = [("truth", truth[:8])]
-    folders = sorted((d for d in os.listdir(out_dir) if re.fullmatch(r"f[0-9.]+", d)), key=lambda d: float(d[1:]))
+    # f<fraction>/: the size EBM trained alone; f<fraction>-through/: trained through the frozen position EBM
+    folders = sorted((d for d in os.listdir(out_dir) if re.fullmatch(r"f[0-9.]+(-through)?", d)),
+                     key=lambda d: (float(d[1:].removesuffix("-through")), d))
     if not folders:
         raise FileNotFoundError(f"{out_dir} holds no fraction folder f<fraction>/ (see README: cross-product)")
     for d in folders:
@@ -354,18 +356,21 @@ def bench_crossproduct(out_dir, n=128, figure="assets/crossproduct.png"):
         expr = (Concept(position, "position", pos.tolist(), "position")
                 & Concept(size_net, "size", size.tolist(), "size"))  # one combination per sample
         x_ebm = sample(expr, n, sampling_settings(cfg), seed=0)
-        path = os.path.join(out_dir, d, "holistic.pt")
-        if os.path.exists(path):
-            gen, _ = load_checkpoint(path)
-        else:
-            ds = load_dataset("shapes", n=cfg["n_data"], seed=cfg["seed"], image_size=cfg["img_size"],
-                              corner=cfg["corner"], cache_dir=cfg["cache_dir"])
-            gen = train_holistic(ds, path).eval()
-        with torch.no_grad():
-            x_gen = gen(torch.cat([pos, size], 1))
-        for name, x in ((f"EBMs, {d}", x_ebm), (f"holistic, {d}", x_gen)):
-            rows.append((name, float(d[1:]), x))
-            pictures.append((name, x[:8]))
+        f = float(d[1:].removesuffix("-through"))
+        rows.append((f"EBMs, {d}", f, x_ebm))
+        pictures.append((f"EBMs, {d}", x_ebm[:8]))
+        if not d.endswith("-through"):  # (a -through folder has the data of f<fraction>/, whose baseline is in)
+            path = os.path.join(out_dir, d, "holistic.pt")
+            if os.path.exists(path):
+                gen, _ = load_checkpoint(path)
+            else:
+                ds = load_dataset("shapes", n=cfg["n_data"], seed=cfg["seed"], image_size=cfg["img_size"],
+                                  corner=cfg["corner"], cache_dir=cfg["cache_dir"])
+                gen = train_holistic(ds, path).eval()
+            with torch.no_grad():
+                x_gen = gen(torch.cat([pos, size], 1))
+            rows.append((f"holistic, {d}", f, x_gen))
+            pictures.append((f"holistic, {d}", x_gen[:8]))
         print(f"{d} done in {time.time() - t0:.0f} s", flush=True)
     print(f"{'generator':<24} {'size error':>10} {'position error':>14}   ({n} unseen combinations)")
     results = []
@@ -388,6 +393,11 @@ def render_truth(pos, size):
     return torch.from_numpy(render_shapes(labels)).permute(0, 3, 1, 2).float() / 255  # (n, 3, 32, 32)
 
 
+def line_of(name):
+    """Which line of the plot a row of bench_crossproduct belongs to."""
+    return "holistic" if name.startswith("holistic") else "through" if name.endswith("-through") else "EBMs"
+
+
 def plot_crossproduct(results, pictures, figure):
     """Left: 8 generations per row; right: both errors against the fraction of positions."""
     from compose import image_grid
@@ -402,9 +412,11 @@ def plot_crossproduct(results, pictures, figure):
     truth, large = results[:2]
     for j, what in enumerate(("size error", "position error")):
         ax = fig.add_subplot(grid[:, 1 + j])
-        for kind in ("EBMs", "holistic"):
-            pts = sorted((r[1], r[2 + j]) for r in results[2:] if r[0].startswith(kind))
-            ax.plot(*zip(*pts), "o-", label="composed EBMs" if kind == "EBMs" else "holistic (MSE)")
+        for kind, label in (("EBMs", "composed EBMs"), ("through", "size learned through position"),
+                            ("holistic", "holistic (MSE)")):
+            pts = sorted((r[1], r[2 + j]) for r in results[2:] if line_of(r[0]) == kind)
+            if pts:
+                ax.plot(*zip(*pts), "o-", label=label)
         ax.axhline(truth[2 + j], color="grey", ls="--", label="renders of the truth")
         ax.axhline(large[2 + j], color="grey", ls=":", label="large spheres at the asked places")
         ax.set_xscale("log")
