@@ -559,10 +559,13 @@ def main():
     ap.add_argument("--continual", metavar="CKPT_DIR", help="judge the continual-learning models' compositions")
     ap.add_argument("--crossproduct", metavar="DIR", help="cross-product generalisation: composed EBMs against "
                     "a holistic generator (DIR/position.pt, DIR/f<fraction>/size.pt)")
+    ap.add_argument("--every", type=int, default=500, help="--curve: judge every EVERY-th iteration's snapshot")
     ap.add_argument("--steps", type=int, default=None, help="Langevin steps for --shapes / --curve")
     ap.add_argument("--samplers", action="store_true", help="ULA, MALA and HMC at equal cost")
     ap.add_argument("--partition", action="store_true", help="partition functions and disjunctions (A.6)")
     args = ap.parse_args()
+    if args.every < 1:
+        ap.error(f"--every must be at least 1, got {args.every}")
     os.chdir(os.path.dirname(os.path.abspath(__file__)))
     if args.shapes or args.curve or args.continual or args.crossproduct:  # image benchmarks only
         if args.crossproduct:
@@ -571,7 +574,7 @@ def main():
             bench_shapes(args.continual, steps=args.steps, suite=CONTINUAL_SUITE, target=0.8,
                          figure="assets/shapes_continual.png")
         if args.curve:
-            bench_curve(args.curve, steps=args.steps)
+            bench_curve(args.curve, steps=args.steps, every=args.every)
         if args.shapes:
             bench_shapes(args.shapes, steps=args.steps)
         return
