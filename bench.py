@@ -36,7 +36,7 @@ from compose import (TOY2D_SUITE, Concept, _pyplot, balance, load_concepts, log_
 from data import TOY2D_FAMILIES, TOY2D_STD, Dataset, make_toy2d, toy2d_modes
 from model import IMAGE_PRESETS, build_model, model_args
 from sampler import langevin
-from train import dataset_for, parse_config, train_concept
+from train import Config, dataset_for, parse_config, train_concept
 
 
 def median_time(fn, repeats, warmup=3):
@@ -335,7 +335,6 @@ def bench_crossproduct(out_dir, n=128, figure="assets/crossproduct.png"):
     """Size and position error, read by the judge, of generations at unseen combinations:
     the composed EBMs (position & size, Langevin from noise) against the holistic generator,
     for every fraction folder out_dir/f<f>/ (size.pt; holistic.pt is trained if missing)."""
-    from data import load_dataset
     from infer import load_judge, position_error, predict
     from model import load_checkpoint
     judge, _ = load_judge()
@@ -364,9 +363,8 @@ def bench_crossproduct(out_dir, n=128, figure="assets/crossproduct.png"):
             if os.path.exists(path):
                 gen, _ = load_checkpoint(path)
             else:
-                ds = load_dataset("shapes", n=cfg["n_data"], seed=cfg["seed"], image_size=cfg["img_size"],
-                                  corner=cfg["corner"], cache_dir=cfg["cache_dir"])
-                gen = train_holistic(ds, path).eval()
+                run = Config(**{k: v for k, v in cfg.items() if k in Config.__dataclass_fields__})
+                gen = train_holistic(dataset_for(run), path).eval()  # the size model's own training data
             with torch.no_grad():
                 x_gen = gen(torch.cat([pos, size], 1))
             rows.append((f"holistic, {d}", f, x_gen))
