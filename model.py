@@ -94,7 +94,8 @@ IMAGE_PRESETS = {
 class ImageConfig:
     image_size: int = 32
     channels: tuple = (16, 32, 64, 64)  # a residual block per entry; every block but the first starts at half the resolution
-    pool: str = "sum"  # global pooling of the last block: "sum" or "mean"
+    pool: str = "sum"  # the last block's map to the energy: "sum" or "mean" (global pooling), or
+    # "dense" (the whole final map flattened into the linear layer: it keeps where things are)
     coords: bool = True  # append x, y coordinate channels to the image (see ImageEnergy)
     n_values: int = 0  # a discrete concept: how many values (encoded one-hot)
     cond_dim: int = 0  # a continuous concept: how many numbers (1: a size, 2: a position)
@@ -153,14 +154,15 @@ class ImageEnergy(nn.Module):
         if (cfg.n_values > 0) == (cfg.cond_dim > 0):
             raise ValueError(f"an image model needs either n_values (discrete) or cond_dim (continuous), "
                              f"got n_values={cfg.n_values}, cond_dim={cfg.cond_dim}")
-        if cfg.pool not in ("sum", "mean"):
-            raise ValueError(f"pool must be 'sum' or 'mean', got {cfg.pool!r}")
+        if cfg.pool not in ("sum", "mean", "dense"):
+            raise ValueError(f"pool must be 'sum', 'mean' or 'dense', got {cfg.pool!r}")
         self.cfg = cfg
         ch = list(cfg.channels)
         cond_dim = cfg.n_values or cfg.cond_dim
         self.stem = nn.utils.parametrizations.spectral_norm(nn.Conv2d(3 + 2 * cfg.coords, ch[0], 3, padding=1))
         self.blocks = nn.ModuleList(FiLMBlock(a, b, cond_dim) for a, b in zip([ch[0]] + ch[:-1], ch))
-        self.out = nn.Linear(ch[-1], 1)  # not normalised: it sets the energy's scale
+        final = cfg.image_size >> (len(ch) - 1)  # side of the last block's map
+        self.out = nn.Linear(ch[-1] * (final ** 2 if cfg.pool == "dense" else 1), 1)  # not normalised: sets the scale
         lin = torch.linspace(-1, 1, cfg.image_size)
         self.register_buffer("grid", torch.stack(torch.meshgrid(lin, -lin, indexing="xy"))[None], persistent=False)  # (1, 2, H, W): x right, y up
 
@@ -191,7 +193,10 @@ class ImageEnergy(nn.Module):
         for i, block in enumerate(self.blocks):
             h = block(F.avg_pool2d(h, 2) if i else h, cond)  # (B, C_i, H / 2^i, W / 2^i)
         h = F.silu(h)
-        h = h.sum((2, 3)) if self.cfg.pool == "sum" else h.mean((2, 3))  # (B, C_last)
+        if self.cfg.pool == "dense":
+            h = h.flatten(1)  # (B, C_last * h * w)
+        else:
+            h = h.sum((2, 3)) if self.cfg.pool == "sum" else h.mean((2, 3))  # (B, C_last)
         return self.out(h).squeeze(-1)  # (B,)
 
 

@@ -79,6 +79,7 @@ class Config:
     depth: int = 3
     n_freqs: int = 4
     preset: str = ""  # image data: a size from model.IMAGE_PRESETS (default: shapes32, celeba<img_size>)
+    pool: str = ""  # image data: the map-to-energy head, sum / mean / dense (default: the preset's)
     # optimisation
     max_iters: int = 3000
     batch_size: int = 128
@@ -86,6 +87,7 @@ class Config:
     min_lr_ratio: float = 0.01  # the learning rate decays (cosine) to lr * min_lr_ratio at max_iters
     l2: float = 0.05
     ema: float = 0.0  # > 0: also keep an exponential moving average of the weights, used for sampling afterwards
+    diverge_gap: float = 0.0  # > 0: when mean E+ - E- over a log interval falls below -diverge_gap, roll back
     # Langevin in training (paper eq. 3)
     steps: int = 20
     step_size: float = 0.01
@@ -165,6 +167,8 @@ def parse_config(argv):
     cfg.preset = cfg.preset or (f"celeba{cfg.img_size}" if cfg.dataset == "celeba" else "shapes32")
     if cfg.preset not in IMAGE_PRESETS:
         raise ValueError(f"unknown --preset {cfg.preset!r}; known presets: {', '.join(IMAGE_PRESETS)}")
+    if cfg.pool not in ("", "sum", "mean", "dense"):
+        raise ValueError(f"unknown --pool {cfg.pool!r}; known: sum, mean, dense")
     if cfg.device not in ("auto", "cpu", "cuda"):
         raise ValueError(f"--device must be auto, cpu or cuda, got {cfg.device!r}")
     cfg.out_dir = cfg.out_dir or f"out-{cfg.dataset}"
@@ -177,11 +181,99 @@ def build_concept_model(cfg, ds, family):
     if ds.x.dim() == 2:
         return build_model("mlp", in_dim=ds.x.shape[1], n_freqs=cfg.n_freqs, x_scale=max(abs(lo), abs(hi)),
                            hidden=cfg.hidden, depth=cfg.depth, n_values=len(ds.concepts[family]))
-    preset = dict(IMAGE_PRESETS[cfg.preset], image_size=ds.x.shape[-1])
+    preset = dict(IMAGE_PRESETS[cfg.preset], image_size=ds.x.shape[-1], **({"pool": cfg.pool} if cfg.pool else {}))
     if family in ds.ranges:  # continuous: the numbers themselves condition the model
         low, high = ds.ranges[family]
         return build_model("image", **preset, cond_dim=len(ds.concepts[family]), cond_low=low, cond_high=high)
     return build_model("image", **preset, n_values=len(ds.concepts[family]))
+
+
+def restart_points(cfg, ds, idx, device):
+    """Where restarted chains start (B, ...): uniform noise in the data box, or (a share
+    reinit_from_data) a perturbed data point: the chain's own (idx), or with reinit_any one
+    of ANY concept value, which the chain must then turn into its own."""
+    lo, hi = ds.data_range
+    x_own = ds.batch(idx, device)  # (B, ...)
+    x_new = lo + (hi - lo) * torch.rand_like(x_own)
+    near = torch.rand(len(idx), device=device) < cfg.reinit_from_data  # (B,)
+    x_start = ds.batch(torch.randint(len(ds), (len(idx),)), device) if cfg.reinit_any else x_own
+    x_new[near] = (x_start[near] + cfg.reinit_noise * torch.randn_like(x_own[near])).clamp(lo, hi)
+    return x_new
+
+
+def learning_rate(cfg, step, horizon, scale=1.0):
+    """Cosine decay from lr to lr * min_lr_ratio over `horizon` iterations, then flat: the last
+    steps average out the gradient noise. A resumed run keeps the horizon it started with, so
+    raising --max_iters does not restart the decay. `scale` halves at each rollback."""
+    decay = 0.5 * (1 + math.cos(math.pi * min(step / horizon, 1.0)))  # 1 -> 0
+    return scale * cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * decay)
+
+
+def typical_data_energy(net, ds, c_data, family, device):
+    """The mean energy of each value on (up to 1024 of) its data; a continuous family has one,
+    over all its data. compose.py's negation measures 'unlike b' against it."""
+    with torch.no_grad():
+        groups = [torch.arange(min(1024, len(ds)))] if family in ds.ranges else \
+            [torch.nonzero(c_data == v).squeeze(1)[:1024] for v in range(len(ds.concepts[family]))]
+        return [torch.cat([net(ds.batch(i, device), c_data[i]) for i in g.split(256)]).mean().item() for g in groups]
+
+
+def load_run(path, device, raw, ema, opt, buffer, cfg, ds, log):
+    """Put a saved run back into raw, ema, opt and buffer; return its bookkeeping dict.
+    A light snapshot (weights only) resumes too, with fresh chains and a fresh optimizer.
+    The checkpoint may come from another device: everything is mapped onto this one."""
+    _, ckpt = load_checkpoint(path, device)
+    check_same_data(ckpt, cfg, ds, f"cannot resume {path}")
+    raw.load_state_dict(ckpt["model"])
+    if ema is not None:
+        ema.load_state_dict(ckpt.get("ema", ckpt["model"]))
+    if "optimizer" in ckpt:
+        opt.load_state_dict(ckpt["optimizer"])
+    if ckpt.get("chains") == "data_index" and "buffer" in ckpt:
+        buffer.load_state_dict(ckpt["buffer"])  # every rank resumes rank 0's chains; their seeds part them
+    else:  # a light snapshot, or an older checkpoint whose chains kept labels rather than data points
+        log(f"[{ckpt['family']}] note: {path} holds no replay buffer this version can use: the chains start afresh")
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    if "rng" in ckpt and rank == 0:  # random states are CPU byte tensors, whatever map_location did
+        torch.set_rng_state(ckpt["rng"].cpu())
+        if "cuda_rng" in ckpt and device.type == "cuda":
+            torch.cuda.set_rng_state(ckpt["cuda_rng"].cpu(), device)
+    else:  # only rank 0's random state is saved: the others draw a fresh stream
+        torch.manual_seed(cfg.seed + rank + 7919 * ckpt["step"])
+    return {"step": ckpt["step"], "elapsed": ckpt["elapsed"],
+            "horizon": ckpt.get("lr_horizon", ckpt["config"]["max_iters"]),
+            "lr_scale": ckpt.get("lr_scale", 1.0), "rollbacks": ckpt.get("rollbacks", 0)}
+
+
+def save_run(path, cfg, ds, family, run, raw, ema, opt, buffer, data_energy):
+    """Write the run atomically; with --snapshots also its weights alone, in <out_dir>/snapshots/,
+    to measure quality against training time (and to resume from, with fresh chains)."""
+    ckpt = {"model": raw.state_dict(), **({"ema": ema.state_dict()} if ema is not None else {}),
+            "model_args": model_args(raw), "family": family, "values": list(ds.concepts[family]),
+            "encoding": "numbers" if family in ds.ranges else "index", "range": list(ds.ranges.get(family, ())),
+            "data_energy": data_energy, "step": run["step"], "elapsed": run["elapsed"], "chains": "data_index",
+            "lr_horizon": run["horizon"], "lr_scale": run["lr_scale"], "rollbacks": run["rollbacks"],
+            "config": run_config(cfg, ds)}
+    heavy = {"optimizer": opt.state_dict(), "buffer": buffer.state_dict(), "rng": torch.get_rng_state(),
+             **({"cuda_rng": torch.cuda.get_rng_state()} if torch.cuda.is_available() else {})}
+    save_checkpoint({**ckpt, **heavy}, path)
+    if cfg.snapshots:
+        os.makedirs(os.path.join(cfg.out_dir, "snapshots"), exist_ok=True)
+        save_checkpoint(ckpt, os.path.join(cfg.out_dir, "snapshots", f"{family}_{run['step']:06d}.pt"))
+
+
+def check_replicas(raw, family, log):
+    """Under DDP, a check that it did its job: every replica ends with the same weights."""
+    flat = torch.cat([p.detach().flatten() for p in raw.parameters()]).double()
+    sums = torch.stack([flat.sum(), (flat * torch.linspace(0, 1, len(flat), device=flat.device)).sum()])
+    gathered = [torch.zeros_like(sums) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, sums)
+    if any(not torch.equal(g, gathered[0]) for g in gathered):
+        raise RuntimeError(f"[{family}] the replicas' weights differ after training: DDP went out of sync")
+    log(f"[{family}] ddp: weights identical on all {len(gathered)} ranks")
+
+
+ROLLBACKS = 3  # a run that diverges more often than this stops, keeping its last good checkpoint
 
 
 def train_concept(cfg, ds, family, device, iters_after=0):
@@ -195,7 +287,6 @@ def train_concept(cfg, ds, family, device, iters_after=0):
     if device.type == "cuda" and ds.x.nbytes < 2**30:  # small data on the GPU once; CelebA's memory map stays
         ds.x = ds.x.to(device)
     lo, hi = ds.data_range
-    continuous = family in ds.ranges
     raw = build_concept_model(cfg, ds, family).to(device)  # the network itself, whatever wraps it
     if ds.x.dim() == 4 and device.type == "cpu":
         raw = raw.to(memory_format=torch.channels_last)
@@ -203,38 +294,24 @@ def train_concept(cfg, ds, family, device, iters_after=0):
     buffer = ReplayBuffer(cfg.buffer_size, ds.x.shape[1:], (), torch.long, reinit_prob=cfg.reinit_prob, device=device)
     frozen = load_frozen(cfg, ds, family, device)  # [(model, its family's labels (N, ...))]
 
-    def frozen_energy(x, i):  # the frozen models' summed energy of x (B, ...) at data points i's concepts
-        return sum(f(x, labels[i]) for f, labels in frozen)
-    step, elapsed, ckpt = 0, 0.0, None  # iterations done, seconds spent on them (over resumed runs)
+    def energy(x, i):  # the energy being trained at data points i's concepts: the new model plus the frozen ones
+        return raw(x, c_data[i]) + sum(f(x, labels[i]) for f, labels in frozen)
+    # The weights of a CD-trained EBM oscillate: chains and model chase each other. Their
+    # running average is a steadier energy for sampling from noise afterwards (as in ICD).
+    ema = copy.deepcopy(raw).requires_grad_(False) if cfg.ema else None
+    opt = torch.optim.Adam(raw.parameters(), lr=cfg.lr, betas=(0.0, 0.999))
+    run = {"step": 0, "elapsed": 0.0, "horizon": cfg.max_iters, "lr_scale": 1.0, "rollbacks": 0}
     if cfg.resume and os.path.exists(path):
-        _, ckpt = load_checkpoint(path, device)
-        check_same_data(ckpt, cfg, ds, f"cannot resume {path}")
-        raw.load_state_dict(ckpt["model"])
-        # every rank resumes the chains of rank 0 (the only buffer saved); their own seeds part them
-        if ckpt.get("chains") == "data_index":
-            buffer.load_state_dict(ckpt["buffer"])
-        else:  # an older checkpoint, whose chains kept labels rather than data points
-            log(f"[{family}] note: {path} is from an older version; its chains restart from scratch")
-        step, elapsed = ckpt["step"], ckpt["elapsed"]
-        log(f"[{family}] resumed from {path} at step {step}")
-    if step >= cfg.max_iters:
-        log(f"[{family}] already trained ({step} iterations)")
+        run = load_run(path, device, raw, ema, opt, buffer, cfg, ds, log)
+        log(f"[{family}] resumed from {path} at step {run['step']}" + (
+            f"; the learning rate keeps its schedule over {run['horizon']} iterations"
+            if run["horizon"] != cfg.max_iters else ""))
+    if run["step"] >= cfg.max_iters:
+        log(f"[{family}] already trained ({run['step']} iterations)")
         return
     # DDP: one replica per process, gradients averaged over processes in backward;
     # wrapping broadcasts rank 0's weights, so every copy starts the same.
     net = DDP(raw, device_ids=[device.index] if device.type == "cuda" else None) if ddp else raw
-    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, betas=(0.0, 0.999))
-    # The weights of a CD-trained EBM oscillate: chains and model chase each other. Their
-    # running average is a steadier energy for sampling from noise afterwards (as in ICD).
-    ema = copy.deepcopy(raw).requires_grad_(False) if cfg.ema else None
-    if ckpt is not None:
-        opt.load_state_dict(ckpt["optimizer"])
-        if ema is not None:
-            ema.load_state_dict(ckpt["ema"])
-        if rank == 0:
-            torch.set_rng_state(ckpt["rng"])
-        else:  # only rank 0's random state is saved: the others draw a fresh stream
-            torch.manual_seed(cfg.seed + rank + 7919 * step)
     # (average, live) tensor pairs: state_dict tensors share storage with the modules,
     # which the optimizer updates in place; spectral norm's singular vectors are copied
     live = raw.state_dict()
@@ -244,90 +321,92 @@ def train_concept(cfg, ds, family, device, iters_after=0):
     world = dist.get_world_size() if ddp else 1
     log(f"[{family}] {sum(p.numel() for p in raw.parameters()) / 1e6:.2f}M parameters on {device}, "
         f"batch {cfg.batch_size} x {world} process(es), {cfg.steps} Langevin steps, "
-        f"iterations {step} -> {cfg.max_iters}", flush=True)
-
-    def checkpoint():
-        # the typical energy of each value on (up to 1024 of) its data: compose.py's negation
-        # needs it; a continuous family has one, over all its data
-        with torch.no_grad():
-            groups = [torch.arange(min(1024, len(ds)))] if continuous else \
-                [torch.nonzero(c_data == v).squeeze(1)[:1024] for v in range(len(ds.concepts[family]))]
-            sampler_net = (ema if ema is not None else raw).eval()
-            data_energy = [torch.cat([sampler_net(ds.batch(i, device), c_data[i]) for i in g.split(256)]).mean().item()
-                           for g in groups]
-            raw.train()
-        ckpt = {"model": raw.state_dict(), **({"ema": ema.state_dict()} if ema else {}),
-                "model_args": model_args(raw), "family": family,
-                "values": list(ds.concepts[family]), "encoding": "numbers" if continuous else "index",
-                "range": list(ds.ranges.get(family, ())), "data_energy": data_energy,
-                "optimizer": opt.state_dict(), "step": step, "buffer": buffer.state_dict(), "chains": "data_index",
-                "rng": torch.get_rng_state(), "elapsed": elapsed + time.time() - t0, "config": run_config(cfg, ds)}
-        save_checkpoint(ckpt, path)
-        if cfg.snapshots:  # the weights alone, to measure quality against training time afterwards
-            os.makedirs(os.path.join(cfg.out_dir, "snapshots"), exist_ok=True)
-            light = {k: v for k, v in ckpt.items() if k not in ("optimizer", "buffer", "rng")}
-            save_checkpoint(light, os.path.join(cfg.out_dir, "snapshots", f"{family}_{step:06d}.pt"))
-
-    t0, step0 = time.time(), step
-    while step < cfg.max_iters:
+        f"iterations {run['step']} -> {cfg.max_iters}", flush=True)
+    # loss, E+, E- summed on the device since the last look: read only at log and checkpoint
+    # steps, so that the loop never waits on the GPU in between
+    stats, seen = torch.zeros(3, device=device), 0
+    t0, step0 = time.time(), run["step"]  # for the speed and the ETA
+    t_save = t0  # run["elapsed"] counts the seconds up to here
+    while run["step"] < cfg.max_iters:
         idx = torch.randint(len(ds), (cfg.batch_size,), device=device)
-        x_pos, c_pos = ds.batch(idx, device), c_data[idx]  # (B, ...), (B,) or (B, d)
-        # where restarted chains start: uniform noise, or a perturbed data point: of the
-        # chain's own concept, or (reinit_any) of any, so the chain must turn it into its concept
-        x_new = lo + (hi - lo) * torch.rand_like(x_pos)  # (B, ...)
-        near = torch.rand(cfg.batch_size, device=device) < cfg.reinit_from_data
-        x_start = ds.batch(torch.randint(len(ds), (cfg.batch_size,)), device) if cfg.reinit_any else x_pos
-        x_new[near] = (x_start[near] + cfg.reinit_noise * torch.randn_like(x_pos[near])).clamp(lo, hi)
-        x_neg, i_neg, slots, _ = buffer.sample(x_new, idx)  # (B, ...), (B,) the chains' data points
-        c_neg = c_data[i_neg]
-        # the weights do not change during the chain: spectral norm's W / sigma is computed once.
-        # Langevin runs on the unwrapped network: its forwards must not trigger DDP's gradient sync
+        x_pos = ds.batch(idx, device)  # (B, ...)
+        x_neg, i_neg, slots, _ = buffer.sample(restart_points(cfg, ds, idx, device), idx)  # (B, ...), (B,)
+        # 1-2. the chains advance by Langevin. The weights do not change during the chain:
+        # spectral norm's W / sigma is computed once. Langevin runs on the unwrapped network:
+        # its forwards must not trigger DDP's gradient sync
         with torch.nn.utils.parametrize.cached():
-            x_neg = langevin(lambda x: raw(x, c_neg) + frozen_energy(x, i_neg), x_neg, cfg.steps, cfg.step_size,
-                             cfg.noise_scale, clamp=(lo, hi), grad_clip=cfg.grad_clip)
+            x_neg = langevin(lambda x: energy(x, i_neg), x_neg, cfg.steps, cfg.step_size, cfg.noise_scale,
+                             clamp=(lo, hi), grad_clip=cfg.grad_clip)
         buffer.update(slots, x_neg, i_neg)
-        # one forward for both halves: under DDP, one forward per backward, as it requires
-        e = net(torch.cat([x_pos, x_neg]), torch.cat([c_pos, c_neg]))  # (2B,)
+        # 3. the loss, with one forward for both halves: under DDP, one forward per backward
+        e = net(torch.cat([x_pos, x_neg]), torch.cat([c_data[idx], c_data[i_neg]]))  # (2B,)
         e_pos, e_neg = e[: cfg.batch_size], e[cfg.batch_size:]
         if frozen:  # the energy being trained is the sum; the frozen part carries no gradient
             with torch.no_grad():
-                f_pos, f_neg = frozen_energy(x_pos, idx), frozen_energy(x_neg, i_neg)
+                f_pos = sum(f(x_pos, labels[idx]) for f, labels in frozen)
+                f_neg = sum(f(x_neg, labels[i_neg]) for f, labels in frozen)
             e_pos, e_neg = e_pos + f_pos, e_neg + f_neg
         loss = e_pos.mean() - e_neg.mean() + cfg.l2 * (e_pos.pow(2).mean() + e_neg.pow(2).mean())
-        if not torch.isfinite(loss):
-            raise RuntimeError(f"[{family}] loss is {loss.item()} at step {step}: training diverged; "
-                               f"try a smaller --lr or a larger --l2 (last checkpoint: {path})")
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        # cosine decay to lr * min_lr_ratio: the last steps average out the gradient noise
-        decay = 0.5 * (1 + math.cos(math.pi * step / cfg.max_iters))  # 1 -> 0
         for group in opt.param_groups:
-            group["lr"] = cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * decay)
+            group["lr"] = learning_rate(cfg, run["step"], run["horizon"], run["lr_scale"])
         opt.step()
         with torch.no_grad():
             for p_ema, p_live, copied in ema_pairs:
                 p_ema.copy_(p_live) if copied else p_ema.lerp_(p_live, 1 - cfg.ema)
-        step += 1
-        if step % cfg.log_interval == 0 or step == cfg.max_iters:
+            stats += torch.stack([loss.detach(), e_pos.mean().detach(), e_neg.mean().detach()])
+        run["step"] += 1
+        seen += 1
+        step = run["step"]
+        last = step == cfg.max_iters
+        if not (step % cfg.log_interval == 0 or step % cfg.ckpt_interval == 0 or last):
+            continue
+        if ddp:  # every rank decides alike on the mean over ranks
+            dist.all_reduce(stats)
+            stats /= world
+        loss_m, e_pos_m, e_neg_m = (stats / seen).tolist()
+        stats.zero_()
+        seen = 0
+        if not math.isfinite(loss_m):
+            raise RuntimeError(f"[{family}] loss is {loss_m} at step {step}: training diverged; "
+                               f"try a smaller --lr or a larger --l2 (last checkpoint: {path})")
+        if cfg.diverge_gap > 0 and e_pos_m - e_neg_m < -cfg.diverge_gap and os.path.exists(path):
+            # the data's energy runs away below the samples': the model no longer samples its data.
+            # Go back to the last checkpoint (written before this happened) at half the learning rate.
+            # (Before the first checkpoint there is nothing to go back to, and early gaps are noisy.)
+            rollbacks = run["rollbacks"] + 1
+            if rollbacks > ROLLBACKS:
+                log(f"[{family}] diverged again at step {step} after {ROLLBACKS} rollbacks: stopping; "
+                    f"{path} holds the last good weights")
+                break
+            spent = run["elapsed"] + time.time() - t_save  # the lost stretch still counts as time spent
+            scale = run["lr_scale"] * 0.5
+            run = {**load_run(path, device, raw, ema, opt, buffer, cfg, ds, log), "rollbacks": rollbacks,
+                   "lr_scale": scale}
+            run["elapsed"], t_save = spent, time.time()
+            t0, step0 = time.time(), run["step"]
+            log(f"[{family}] E+ - E- = {e_pos_m - e_neg_m:+.3f} at step {step}: diverging; rolled back to step "
+                f"{run['step']}, learning rate x{run['lr_scale']:g} (rollback {rollbacks} of {ROLLBACKS})", flush=True)
+            continue
+        if step % cfg.log_interval == 0 or last:
             rate = (step - step0) / (time.time() - t0)
             left = (cfg.max_iters - step + iters_after) / rate
-            log(f"[{family}] iter {step:>5}/{cfg.max_iters} | loss {loss.item():+.4f} | "
-                  f"E+ {e_pos.mean().item():+.3f} | E- {e_neg.mean().item():+.3f} | "
-                  f"{rate:.1f} it/s | left {left / 60:.1f} min", flush=True)
-        if rank == 0 and ds.x.dim() == 4 and (step % cfg.sample_interval == 0 or step == cfg.max_iters):
+            log(f"[{family}] iter {step:>5}/{cfg.max_iters} | loss {loss_m:+.4f} | E+ {e_pos_m:+.3f} | "
+                f"E- {e_neg_m:+.3f} | {rate:.1f} it/s | left {left / 60:.1f} min", flush=True)
+        if rank == 0 and ds.x.dim() == 4 and (step % cfg.sample_interval == 0 or last):
             # the chains just advanced, grouped by concept value (continuous: by first number)
-            c_show = c_neg[:64] if c_neg.dim() == 1 else c_neg[:64, 0]
+            c_neg = c_data[i_neg][:64]
+            c_show = c_neg if c_neg.dim() == 1 else c_neg[:, 0]
             save_image_grid(x_neg[:64][c_show.argsort()], os.path.join(cfg.out_dir, f"{family}_samples.png"))
-        if rank == 0 and (step % cfg.ckpt_interval == 0 or step == cfg.max_iters):
-            checkpoint()
-    if ddp:  # a check that DDP did its job: every replica ends with the same weights
-        flat = torch.cat([p.detach().flatten() for p in raw.parameters()]).double()
-        sums = torch.stack([flat.sum(), (flat * torch.linspace(0, 1, len(flat), device=flat.device)).sum()])
-        gathered = [torch.zeros_like(sums) for _ in range(dist.get_world_size())]
-        dist.all_gather(gathered, sums)
-        if any(not torch.equal(g, gathered[0]) for g in gathered):
-            raise RuntimeError(f"[{family}] the replicas' weights differ after training: DDP went out of sync")
-        log(f"[{family}] ddp: weights identical on all {len(gathered)} ranks")
+        if rank == 0 and (step % cfg.ckpt_interval == 0 or last):
+            run["elapsed"] += time.time() - t_save
+            t_save = time.time()
+            save_run(path, cfg, ds, family, run, raw, ema, opt, buffer,
+                     typical_data_energy((ema if ema is not None else raw).eval(), ds, c_data, family, device))
+            raw.train()
+    if ddp:
+        check_replicas(raw, family, log)
     log(f"[{family}] wrote {path}")
 
 
