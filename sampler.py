@@ -12,8 +12,10 @@ T = 1 by the last step, so that they spread over every basin before they
 settle; `resample=True` adds importance resampling, so that each mode ends
 with its share of probability and not the share of chains that fell into it.
 
-    from sampler import langevin, ReplayBuffer
-    x = langevin(energy, x0, n_steps=60, step_size=0.01, clamp=(-3, 3))
+    from sampler import langevin, run_chains, ReplayBuffer
+    x = langevin(energy, x0, n_steps=60, step_size=0.01, clamp=(-3, 3))         # (B, ...) samples
+    out = run_chains(energy, x0, 300, 0.01, anneal=20, resample=True, clamp=(-3, 3), keep_every=6)
+    out.x, out.snapshots, out.log_z                                             # samples, [x0, ...], log Z
 
 `energy` is any function x (B, ...) -> (B,): a model with a concept bound, or
 a whole composition (compose.py). Only input gradients are computed: the
@@ -28,13 +30,29 @@ Each draw restarts a share `reinit_prob` of chains from points the caller gives
 This file imports nothing from the project.
 """
 import math
+from dataclasses import dataclass, field
 
 import torch
 
 
-def langevin(energy, x, n_steps, step_size, noise_scale=None, anneal=1.0, resample=False,
-             clamp=None, grad_clip=None, keep_every=0, method="ula", leapfrog=5, log_z=False):
-    """Run `n_steps` gradient evaluations of Langevin dynamics on `energy` from `x`; return the samples.
+def langevin(energy, x, n_steps, step_size, noise_scale=None, clamp=None, grad_clip=None):
+    """Plain Langevin (eq. 3, unadjusted) for `n_steps` steps from x (B, ...); returns the samples
+    (B, ...). This is the sampler of training; for annealing, resampling, Metropolis tests,
+    log Z or snapshots of the chains, use run_chains."""
+    return run_chains(energy, x, n_steps, step_size, noise_scale, clamp=clamp, grad_clip=grad_clip).x
+
+
+@dataclass
+class Chains:
+    """What run_chains returns."""
+    x: torch.Tensor  # (B, ...) the samples
+    snapshots: list = field(default_factory=list)  # [x0, ...] every keep_every moves (empty unless asked)
+    log_z: float = None  # with resample and a clamp box: the AIS estimate of log Z (see run_chains)
+
+
+def run_chains(energy, x, n_steps, step_size, noise_scale=None, anneal=1.0, resample=False,
+               clamp=None, grad_clip=None, keep_every=0, method="ula", leapfrog=5):
+    """Run `n_steps` gradient evaluations of Langevin dynamics on `energy` from `x`: a Chains.
 
     energy:      function x (B, ...) -> (B,)
     x:           (B, ...) starting points (not modified)
@@ -45,13 +63,14 @@ def langevin(energy, x, n_steps, step_size, noise_scale=None, anneal=1.0, resamp
                  them (sequential Monte Carlo, below); all chains must share one target
     clamp:       (low, high) to keep samples in the data range, or None
     grad_clip:   clip each coordinate of the gradient to [-grad_clip, grad_clip], or None
-    keep_every:  if > 0, also return a list of snapshots every that many steps (for GIFs)
+    keep_every:  if > 0, keep a snapshot of the chains every that many moves (for GIFs)
     method:      "ula": the plain step of eq. 3 (unadjusted); "mala": the same step as a
                  proposal, accepted or rejected by Metropolis-Hastings; "hmc": Hamiltonian
                  Monte Carlo, `leapfrog` gradient steps per proposal (n_steps // leapfrog proposals)
-    log_z:       with resample, also return the estimate of log of the integral of
-                 exp(-E / tau) over the clamp box (annealed importance sampling; exact in
-                 expectation of Z with MALA or HMC, whose moves keep each p_k invariant)
+
+    With resample and a clamp box, the result also holds log Z: the log of the integral of
+    exp(-E / tau) over the box (annealed importance sampling; exact in expectation of Z
+    with MALA or HMC, whose moves keep each p_k invariant; the start is uniform on the box).
 
     The step samples exp(-E / tau) with tau = noise_scale^2 / step_size (1 for textbook
     Langevin; the cold image sampler's tiny noise is a tiny tau) times the annealing
@@ -75,28 +94,19 @@ def langevin(energy, x, n_steps, step_size, noise_scale=None, anneal=1.0, resamp
     if method not in ("ula", "mala", "hmc") or leapfrog < 1 or (method != "ula" and noise_scale <= 0):
         raise ValueError(f"method must be 'ula', 'mala' or 'hmc' (leapfrog >= 1, noise_scale > 0 for the "
                          f"last two), got {method!r}, leapfrog {leapfrog}, noise_scale {noise_scale}")
-    if log_z and not (resample and clamp is not None):
-        raise ValueError("log_z needs resample=True and a clamp box (the uniform start's support)")
     tau = noise_scale ** 2 / step_size  # the temperature the step samples at (before annealing)
-    per_move = leapfrog if method == "hmc" else 1  # gradient evaluations per move
-    n_moves = n_steps // per_move
+    n_moves = n_steps // (leapfrog if method == "hmc" else 1)  # HMC: leapfrog gradients per move
     # temperatures T_k from `anneal` down to 1, geometrically
     temps = [anneal ** (1 - k / max(n_moves - 1, 1)) for k in range(n_moves)]
     x = x.detach().clone()
     e, grad = energy_and_grad(energy, x, grad_clip)
     log_w = torch.zeros(len(x), device=x.device)  # (B,) importance log-weights
-    log_z_est = 0.0  # log of the mean weight, summed over resampling rounds
-    chain = [x.clone()] if keep_every else None
+    out = Chains(x, [x.clone()] if keep_every else [], 0.0 if resample and clamp is not None else None)
     for k in range(n_moves):
         if resample:
             # the start is uniform noise: the target at T = inf
             log_w -= (1 / temps[k] - (1 / temps[k - 1] if k else 0.0)) * e / tau
-            w = torch.softmax(log_w, 0)  # (B,)
-            if 1 / w.pow(2).sum() < len(w) / 2 or k == n_moves - 1:  # effective sample size
-                log_z_est += (torch.logsumexp(log_w, 0) - math.log(len(w))).item()
-                idx = systematic_resample(w)
-                x, e, grad = x[idx], e[idx], grad[idx]
-                log_w.zero_()
+            x, e, grad = resample_if_uneven(log_w, (x, e, grad), out, last=k == n_moves - 1)
         sigma = noise_scale * temps[k] ** 0.5  # the noise std of this move
         if method == "ula":
             with torch.no_grad():
@@ -111,11 +121,26 @@ def langevin(energy, x, n_steps, step_size, noise_scale=None, anneal=1.0, resamp
             x, e, grad = metropolis_move(energy, x, e, grad, step_size, sigma, tau * temps[k], clamp, grad_clip,
                                          leapfrog if method == "hmc" else 1)
         if keep_every and (k + 1) % keep_every == 0:
-            chain.append(x.clone())
-    if log_z:
-        log_z_est += x[0].numel() * math.log(clamp[1] - clamp[0])  # the start is uniform on the box
-        return (x, chain, log_z_est) if keep_every else (x, log_z_est)
-    return (x, chain) if keep_every else x
+            out.snapshots.append(x.clone())
+    out.x = x
+    if out.log_z is not None:
+        out.log_z += x[0].numel() * math.log(clamp[1] - clamp[0])  # the start is uniform on the box
+    return out
+
+
+def resample_if_uneven(log_w, chains, out, last):
+    """Sequential Monte Carlo's resampling: when the importance weights grow uneven (effective
+    sample size below half), or at the last move, redraw the chains (each tensor of `chains`,
+    indexed alike) in proportion to their weights, add log mean weight to out.log_z, and reset
+    the weights (in place). Returns the (possibly redrawn) chains."""
+    w = torch.softmax(log_w, 0)  # (B,)
+    if 1 / w.pow(2).sum() >= len(w) / 2 and not last:
+        return chains
+    if out.log_z is not None:
+        out.log_z += (torch.logsumexp(log_w, 0) - math.log(len(w))).item()
+    idx = systematic_resample(w)
+    log_w.zero_()
+    return tuple(t[idx] for t in chains)
 
 
 def energy_and_grad(energy, x, grad_clip=None):

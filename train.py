@@ -40,6 +40,7 @@ own value; a grid of the chains is written to `<out_dir>/<family>_samples.png`
 and the weights of every checkpoint are kept in `<out_dir>/snapshots/` so that
 quality can be measured against training time (`python bench.py --curve DIR`).
 """
+import argparse
 import copy
 import dataclasses
 import datetime
@@ -129,36 +130,23 @@ DATASET_DEFAULTS = {
 
 
 def parse_config(argv):
-    """Config from `--key value` / `--key=value` pairs over the dataset's defaults;
-    unknown keys and bad values are errors."""
-    fields = {f.name: f for f in dataclasses.fields(Config)}
-    given, i = {}, 0
-    while i < len(argv):
-        arg = argv[i]
-        if not arg.startswith("--"):
-            raise ValueError(f"unexpected argument {arg!r}; settings are given as --key value")
-        key, eq, value = arg[2:].partition("=")
-        if key not in fields:
-            raise ValueError(f"unknown setting --{key}; known settings: {', '.join('--' + k for k in fields)}")
-        kind = type(fields[key].default)
-        if not eq:  # value is the next argument, except for a bare boolean flag
-            if kind is bool and (i + 1 == len(argv) or argv[i + 1].startswith("--")):
-                value = "true"
-            elif i + 1 == len(argv):
-                raise ValueError(f"setting --{key} needs a value")
-            else:
-                i, value = i + 1, argv[i + 1]
-        try:
-            if kind is bool:
-                if value.lower() not in ("true", "false", "1", "0"):
-                    raise ValueError
-                value = value.lower() in ("true", "1")
-            else:
-                value = kind(value)
-        except ValueError:
-            raise ValueError(f"bad value {value!r} for --{key}: expected {kind.__name__}") from None
-        given[key] = value
-        i += 1
+    """Config from `--key value` / `--key=value` pairs over the dataset's defaults: one
+    command-line setting per field of Config; unknown keys and bad values are errors."""
+    p = argparse.ArgumentParser(description="Train concept EBMs (see train.py's docstring).",
+                                allow_abbrev=False, exit_on_error=False)
+    for f in dataclasses.fields(Config):
+        kind = type(f.default)  # a bare --flag sets a boolean
+        p.add_argument(f"--{f.name}", type=value_of(f.name, kind), **(dict(nargs="?", const=True) if kind is bool else {}))
+    try:
+        args, rest = p.parse_known_args(argv)
+    except argparse.ArgumentError as e:
+        raise ValueError(str(e)) from None
+    if rest:
+        if not rest[0].startswith("--"):
+            raise ValueError(f"unexpected argument {rest[0]!r}; settings are given as --key value")
+        known = ", ".join("--" + f.name for f in dataclasses.fields(Config))
+        raise ValueError(f"unknown setting {rest[0].split('=')[0]}; known settings: {known}")
+    given = {k: v for k, v in vars(args).items() if v is not None}
     cfg = Config(**{**DATASET_DEFAULTS.get(given.get("dataset", Config.dataset), {}), **given})
     for key in ("max_iters", "batch_size", "steps", "buffer_size", "n_data", "log_interval", "ckpt_interval",
                 "sample_interval"):
@@ -173,6 +161,20 @@ def parse_config(argv):
         raise ValueError(f"--device must be auto, cpu or cuda, got {cfg.device!r}")
     cfg.out_dir = cfg.out_dir or f"out-{cfg.dataset}"
     return cfg
+
+
+def value_of(key, kind):
+    """The parser of one setting's value: int, float, str, or a boolean spelt true/false/1/0."""
+    def parse(value):
+        try:
+            if kind is bool:
+                if value.lower() not in ("true", "false", "1", "0"):
+                    raise ValueError
+                return value.lower() in ("true", "1")
+            return kind(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"bad value {value!r} for --{key}: expected {kind.__name__}") from None
+    return parse
 
 
 def build_concept_model(cfg, ds, family):
@@ -480,8 +482,10 @@ def setup_device(cfg):
     device = torch.device(f"cuda:{local_rank}" if cuda else "cpu")
     if cuda:
         torch.cuda.set_device(device)
-    # a long timeout: the other ranks wait while rank 0 decodes CelebA once (main)
-    dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(hours=2))
+    # a long timeout: the other ranks wait while rank 0 decodes CelebA once (main). NCCL is told
+    # its GPU, rather than guess it from the rank
+    dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(hours=2),
+                            **({"device_id": device} if cuda else {}))
     return device
 
 
@@ -505,6 +509,11 @@ def main(argv):
     os.makedirs(cfg.out_dir, exist_ok=True)
     t0 = time.time()
     small = ds.x.dim() == 2  # 2D points: tiny models, one process each (below); images use every core
+    if small and cfg.device == "auto" and device.type == "cuda" and not dist.is_initialized():
+        # three MLPs of 0.03M parameters: launch-bound on a GPU, faster side by side on CPU cores,
+        # and the same run (and quality) on every machine
+        device = torch.device("cpu")
+        print("2D models train on the CPU, one process per family: faster than a GPU for networks this small")
     workers = cfg.workers or (min(len(families), 8) if device.type == "cpu" and small else 1)
     if workers > 1 and not dist.is_initialized():
         # Small models on a CPU are bound by Python and kernel launches, not arithmetic:
