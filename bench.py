@@ -9,17 +9,15 @@
                                    # per expression, next to the judge's score on noise; a figure
     python bench.py --curve out-shapes            # accuracy against training time, from the
                                    # snapshots train.py keeps for image data
-    python bench.py --continual out-continual     # continual learning: three-way compositions
-                                   # never seen together in training, judged (README)
-    python bench.py --crossproduct out-cross      # cross-product generalisation: size and position
-                                   # errors at unseen combinations, composed EBMs against a
-                                   # holistic generator (README)
 
 Timings are medians over repeats, and every ratio is taken against a baseline
-measured in the same run, on the same machine, at the same moment.
+measured in the same run, on the same machine, at the same moment. The paper's
+experiments (continual learning, cross-product generalisation, the sampler and
+partition-function studies, the inference tables) are in experiments.py.
 """
 import argparse
 import contextlib
+import glob
 import io
 import os
 import re
@@ -31,12 +29,13 @@ import time
 
 import torch
 
-from compose import (TOY2D_SUITE, Concept, _pyplot, balance, load_concepts, log_partition, parse, sample,
-                     sampling_settings, toy2d_quality)
-from data import TOY2D_FAMILIES, TOY2D_STD, Dataset, make_toy2d, toy2d_modes
-from model import IMAGE_PRESETS, build_model, model_args
+from compose import (TOY2D_SUITE, Concept, image_grid, load_concepts, parse, pyplot, sample, sampling_settings,
+                     toy2d_quality)
+from data import TOY2D_FAMILIES, TOY2D_STD, Dataset, load_dataset, toy2d_modes
+from infer import load_judge, predict, reads_as, score
+from model import IMAGE_PRESETS, build_model, load_checkpoint
 from sampler import langevin
-from train import Config, dataset_for, parse_config, train_concept
+from train import dataset_for, parse_config, train_concept
 
 
 def median_time(fn, repeats, warmup=3):
@@ -59,7 +58,7 @@ SAMPLER_CASES = {
 }
 
 
-def bench_sampler(case, repeats=5):
+def bench_langevin_speed(case, repeats=5):
     """Seconds per Langevin step for one network: our sampler, a bare forward + input-gradient
     pass of the same network (the floor), and the naive loop of common tutorials.
 
@@ -165,7 +164,7 @@ def bench_speed(repeats=5):
     print(head)
     speedups = []
     for case in SAMPLER_CASES:
-        s = bench_sampler(case, repeats)
+        s = bench_langevin_speed(case, repeats)
         sec, cfg = bench_train(case)
         batch = SAMPLER_CASES[case][2]
         print(f"{case:<10} {batch:>5} {s['ours'] * 1e3:>12.1f} {s['naive'] * 1e3:>13.1f} {s['speedup']:>7.2f}x "
@@ -246,18 +245,9 @@ def n_concepts(text):
     return len(re.findall(r"[A-Za-z_]+", text))
 
 
-# Continual learning (paper 3.3, issue 7): position learned on red cubes, then shape on red
-# objects through it, then color on cubes through both; the first expression was seen whole
-# in training, the others combine a shape, a color and a place never seen together.
-CONTINUAL_SUITE = ["cube & red & position=(0.5,0.5)", "sphere & blue & position=(-0.5,0.5)",
-                   "cylinder & green & position=(0.5,-0.5)", "sphere & yellow & position=(-0.5,-0.5)"]
-
-
 def bench_shapes(ckpt_dir, n=256, figure="assets/shapes_compose.png", steps=None, suite=SHAPES_SUITE, target=None):
     """Sample every expression of `suite`, judge it, print the table, draw 8 samples per row.
     target: one accuracy target for every row (default: the issue's, by number of concepts)."""
-    from compose import image_grid, load_concepts, sampling_settings
-    from infer import load_judge, score
     concepts = load_concepts(ckpt_dir)
     settings = sampling_settings(next(iter(concepts.values())).config, steps=steps)
     judge, _ = load_judge()
@@ -277,7 +267,7 @@ def bench_shapes(ckpt_dir, n=256, figure="assets/shapes_compose.png", steps=None
         ok = " MISSED (no better than noise)" if acc <= base else " ok" if acc >= goal else " MISSED"
         print(f"{text:<48} {acc:>8.3f} {base:>6.3f}  >={goal:.2f}{ok}   {time.time() - t0:.0f} s", flush=True)
     if figure:
-        plt = _pyplot()
+        plt = pyplot()
         fig, axes = plt.subplots(len(rows), 1, figsize=(8, 1.25 * len(rows)))
         for ax, (text, acc, base), x in zip(axes, rows, pictures):
             ax.imshow(image_grid(x, nrow=8))
@@ -289,152 +279,10 @@ def bench_shapes(ckpt_dir, n=256, figure="assets/shapes_compose.png", steps=None
     return rows
 
 
-# ----------------------------------------------------------------------------
-# cross-product generalisation (paper 3.4): a position EBM trained on large red spheres
-# (--corner 0) and a size EBM per fraction f (--corner f: every size only in a top-right
-# corner holding f of the positions), composed, against one holistic generator per f
-
-CROSS_TEST_CORNER = 0.1  # the test places lie outside this corner: unseen with sizes < 0.6 for every f < 1
-
-
-def crossproduct_test(n=128, seed=701):
-    """n unseen combinations: positions (n, 2) outside the CROSS_TEST_CORNER square, sizes
-    (n, 1) below LARGE_SIZES, which the data of every fraction f <= 0.1 only has in its corner."""
-    from data import LARGE_SIZES, SIZE_RANGE, corner_side
-    g = torch.Generator().manual_seed(seed)
-    pos = 2 * torch.rand(4 * n, 2, generator=g) - 1  # (4n, 2), then keep n outside the corner
-    pos = pos[(pos < 1 - corner_side(CROSS_TEST_CORNER)).any(1)][:n]
-    size = SIZE_RANGE[0] + (LARGE_SIZES[0] - SIZE_RANGE[0]) * torch.rand(n, 1, generator=g)  # (n, 1)
-    return pos, size
-
-
-def train_holistic(ds, path, iters=600, batch=64, lr=2e-3, seed=0):
-    """The holistic baseline (model.Generator): (x, y, size) -> image, by MSE on the data ds."""
-    from model import save_checkpoint
-    torch.manual_seed(seed)
-    gen = build_model("generator", image_size=ds.x.shape[-1])
-    opt = torch.optim.Adam(gen.parameters(), lr=lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, iters, eta_min=lr / 20)
-    c = torch.cat([ds.labels["position"], ds.labels["size"]], 1)  # (N, 3)
-    t0 = time.time()
-    for it in range(1, iters + 1):
-        idx = torch.randint(len(ds), (batch,))
-        loss = torch.nn.functional.mse_loss(gen(c[idx]), ds.batch(idx))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        if it % 250 == 0:
-            print(f"[holistic] iter {it}/{iters} | mse {loss.item():.5f} | {time.time() - t0:.0f} s", flush=True)
-    save_checkpoint({"model": gen.state_dict(), "model_args": model_args(gen), "family": "holistic",
-                     "iters": iters}, path)
-    return gen
-
-
-def bench_crossproduct(out_dir, n=128, figure="assets/crossproduct.png"):
-    """Size and position error, read by the judge, of generations at unseen combinations:
-    the composed EBMs (position & size, Langevin from noise) against the holistic generator,
-    for every fraction folder out_dir/f<f>/ (size.pt; holistic.pt is trained if missing)."""
-    from infer import load_judge, position_error, predict
-    from model import load_checkpoint
-    judge, _ = load_judge()
-    pos, size = crossproduct_test(n)
-    position, _ = load_checkpoint(os.path.join(out_dir, "position.pt"))
-    truth = render_truth(pos, size)
-    large = render_truth(pos, torch.full_like(size, 0.65))  # what ignoring the asked size draws
-    rows = [("renders of the truth", None, truth), ("large spheres, asked place", None, large)]
-    pictures = [("truth", truth[:8])]
-    # f<fraction>/: the size EBM trained alone; f<fraction>-through/: trained through the frozen position EBM
-    folders = sorted((d for d in os.listdir(out_dir) if re.fullmatch(r"f[0-9.]+(-through)?", d)),
-                     key=lambda d: (float(d[1:].removesuffix("-through")), d))
-    if not folders:
-        raise FileNotFoundError(f"{out_dir} holds no fraction folder f<fraction>/ (see README: cross-product)")
-    for d in folders:
-        size_net, ckpt = load_checkpoint(os.path.join(out_dir, d, "size.pt"))
-        cfg, t0 = ckpt["config"], time.time()
-        expr = (Concept(position, "position", pos.tolist(), "position")
-                & Concept(size_net, "size", size.tolist(), "size"))  # one combination per sample
-        x_ebm = sample(expr, n, sampling_settings(cfg), seed=0)
-        f = float(d[1:].removesuffix("-through"))
-        rows.append((f"EBMs, {d}", f, x_ebm))
-        pictures.append((f"EBMs, {d}", x_ebm[:8]))
-        if not d.endswith("-through"):  # (a -through folder has the data of f<fraction>/, whose baseline is in)
-            path = os.path.join(out_dir, d, "holistic.pt")
-            if os.path.exists(path):
-                gen, _ = load_checkpoint(path)
-            else:
-                run = Config(**{k: v for k, v in cfg.items() if k in Config.__dataclass_fields__})
-                gen = train_holistic(dataset_for(run), path).eval()  # the size model's own training data
-            with torch.no_grad():
-                x_gen = gen(torch.cat([pos, size], 1))
-            rows.append((f"holistic, {d}", f, x_gen))
-            pictures.append((f"holistic, {d}", x_gen[:8]))
-        print(f"{d} done in {time.time() - t0:.0f} s", flush=True)
-    print(f"{'generator':<24} {'size error':>10} {'position error':>14}   ({n} unseen combinations)")
-    results = []
-    for name, f, x in rows:
-        p = predict(judge, x)
-        err = ((p["size"] - size[:, 0]).abs().mean().item(), position_error(p["position"], pos))
-        results.append((name, f, *err))
-        print(f"{name:<24} {err[0]:>10.3f} {err[1]:>14.3f}")
-    if figure:
-        plot_crossproduct(results, pictures, figure)
-    return results
-
-
-def render_truth(pos, size):
-    """Red spheres rendered at the test combinations: what a perfect generator draws."""
-    from data import COLORS, SHAPES, render_shapes
-    n = len(pos)
-    labels = {"shape": [SHAPES.index("sphere")] * n, "color": [COLORS["red"]] * n,
-              "size": size[:, 0].numpy(), "position": pos.numpy()}
-    return torch.from_numpy(render_shapes(labels)).permute(0, 3, 1, 2).float() / 255  # (n, 3, 32, 32)
-
-
-def line_of(name):
-    """Which line of the plot a row of bench_crossproduct belongs to."""
-    return "holistic" if name.startswith("holistic") else "through" if name.endswith("-through") else "EBMs"
-
-
-def plot_crossproduct(results, pictures, figure):
-    """Left: 8 generations per row; right: both errors against the fraction of positions."""
-    from compose import image_grid
-    plt = _pyplot()
-    fig = plt.figure(figsize=(11, 0.75 * len(pictures) + 0.5))
-    grid = fig.add_gridspec(len(pictures), 3, width_ratios=(2.2, 1, 1))
-    for i, (name, x) in enumerate(pictures):
-        ax = fig.add_subplot(grid[i, 0])
-        ax.imshow(image_grid(x, nrow=8))
-        ax.set_axis_off()
-        ax.set_title(name, fontsize=8, loc="left")
-    truth, large = results[:2]
-    for j, what in enumerate(("size error", "position error")):
-        ax = fig.add_subplot(grid[:, 1 + j])
-        for kind, label in (("EBMs", "composed EBMs"), ("through", "size learned through position"),
-                            ("holistic", "holistic (MSE)")):
-            pts = sorted((r[1], r[2 + j]) for r in results[2:] if line_of(r[0]) == kind)
-            if pts:
-                ax.plot(*zip(*pts), "o-", label=label)
-        ax.axhline(truth[2 + j], color="grey", ls="--", label="renders of the truth")
-        ax.axhline(large[2 + j], color="grey", ls=":", label="large spheres at the asked places")
-        ax.set_xscale("log")
-        ax.set_xlabel("share of positions with every size")
-        ax.set_title(f"{what} at unseen combinations", fontsize=9)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(figure, dpi=110)
-    print(f"wrote {figure}")
-
-
 def bench_curve(out_dir, n=128, steps=None, every=500):
     """Accuracy of each concept model against its training time: each snapshot in
     <out_dir>/snapshots (every `every` iterations) samples n images of values drawn from the
     data, and the judge reads them."""
-    import glob
-    from compose import sampling_settings
-    from data import load_dataset
-    from infer import load_judge, predict, reads_as
-    from model import load_checkpoint
     judge, _ = load_judge()
     paths = [p for p in sorted(glob.glob(os.path.join(out_dir, "snapshots", "*.pt")))
              if int(re.search(r"_(\d+)\.pt$", p).group(1)) % every == 0]
@@ -452,125 +300,29 @@ def bench_curve(out_dir, n=128, steps=None, every=500):
         print(f"{os.path.basename(path):<28} {ckpt['elapsed'] / 60:>7.1f} {ok.float().mean().item():>8.3f}", flush=True)
 
 
-# Disjunctions of toy2d whose terms have different partition functions (and one whose do not)
-TOY2D_DISJUNCTIONS = ["top | right", "inner | (bottom & left)", "outer | (top & right & inner)",
-                      "(top & left) | bottom", "(top & ~right) | (bottom & right & outer)"]
-
-
-def toy2d_sets(ckpt_dir):
-    """(name, concepts, settings): the exact energies, and the models trained in ckpt_dir."""
-    sets = [("exact", exact_toy2d_concepts(), exact_toy2d_settings())]
-    if not os.path.isdir(ckpt_dir):
-        print(f"({ckpt_dir} does not exist: run python train.py --dataset toy2d for the trained rows)")
-        return sets
-    trained = load_concepts(ckpt_dir)
-    return sets + [("trained", trained, sampling_settings(next(iter(trained.values())).config, steps=300))]
-
-
-def seed_quality(expr, settings, seeds):
-    """2000 samples per seed: (median mode TV, worst precision) over the seeds."""
-    qs = [toy2d_quality(sample(expr, 2000, settings, seed=seed), expr) for seed in seeds]
-    return statistics.median(q["mode_tv"] for q in qs), min(q["precision"] for q in qs)
-
-
-def bench_samplers(ckpt_dir="out-toy2d", shapes_dir="checkpoints/shapes", seeds=(0, 1, 2)):
-    """ULA, MALA and HMC (5 leapfrog steps) at equal numbers of gradient evaluations (300 on
-    toy2d, annealed from T = 20 with resampling; 200 on shapes, the cold image sampler):
-    median over seeds of each row's mode TV, the worst precision, and the time."""
-    methods = [("ula", {}), ("mala", {}), ("hmc", {"leapfrog": 5})]
-    print(f"{'energies':<8} {'sampler':<7} {'mode TV by expression (median of 3 seeds)':<58} "
-          f"{'median':>6} {'min prec':>8} {'time':>7}")
-    for name, concepts, settings in toy2d_sets(ckpt_dir):
-        exprs = [parse(t, concepts) for t in TOY2D_SUITE]
-        for method, kw in methods:
-            s, t0, tvs, precs = dict(settings, method=method, **kw), time.time(), [], []
-            for expr in exprs:
-                tv, prec = seed_quality(expr, s, seeds)
-                tvs.append(tv)
-                precs.append(prec)
-            print(f"{name:<8} {method:<7} {' '.join(f'{v:.3f}' for v in tvs):<58} {statistics.median(tvs):>6.3f} "
-                  f"{min(precs):>8.3f} {time.time() - t0:>6.0f}s", flush=True)
-    print(f"(expressions: {', '.join(TOY2D_SUITE)})")
-    from infer import load_judge, score
-    concepts, judge = load_concepts(shapes_dir), load_judge()[0]
-    for text in ("green", "cube & red & size=0.6"):
-        expr = parse(text, concepts)
-        for method, kw in methods:
-            t0 = time.time()
-            x = sample(expr, 128, sampling_settings(concepts["red"].config, method=method, **kw))
-            print(f"shapes  {method:<7} {text:<30} judge accuracy {score(expr, x, judge)[0]:.3f} "
-                  f"{time.time() - t0:>6.0f}s", flush=True)
-
-
-def bench_partition(ckpt_dir="out-toy2d", figure="assets/toy2d_energy_hist.png", seeds=(0, 1, 2)):
-    """Appendix A.6 on toy2d: the energies each trained model gives its own data (a figure), a
-    per-model temperature that aligns their spreads, and disjunctions before and after
-    weighting every disjunct by its partition function (quadrature; AIS for comparison)."""
-    sets = toy2d_sets(ckpt_dir)
-    if len(sets) == 2:
-        plt = _pyplot()
-        trained = sets[1][1]
-        ds = make_toy2d(20_000, seed=123)
-        fig, ax = plt.subplots(figsize=(7, 3.5))
-        spread = {}
-        for name, c in trained.items():
-            mine = ds.x[ds.labels[c.family] == c.value]  # (n, 2) the concept's own data
-            with torch.no_grad():
-                e = c(mine)
-            spread[name] = e.std().item()
-            ax.hist(e.numpy(), bins=60, histtype="step", label=f"{name} (mean {e.mean():.2f}, std {e.std():.2f})")
-        ax.set_xlabel("E(x | c) on the concept's own data")
-        ax.legend(fontsize=7)
-        os.makedirs(os.path.dirname(figure), exist_ok=True)
-        fig.tight_layout()
-        fig.savefig(figure, dpi=100)
-        print(f"wrote {figure}")
-        # per-model temperature: every model's energy divided by T_m = its data spread / the median spread
-        ref = statistics.median(spread.values())
-        tempered = {n: Concept(lambda x, v, m=c.model, t=spread[n] / ref: m(x, v) / t, c.family, c.value, n,
-                               c.data_energy * ref / spread[n]) for n, c in trained.items()}
-        sets.append(("tempered", tempered, sets[1][2]))
-    print(f"{'energies':<9} {'expression':<42} {'ULA':>6} {'MALA':>6} {'ULA, balanced':>13} "
-          f"{'MALA, balanced':>14} {'(log Z by AIS)':>14}   log Z of the terms")
-
-    def tv(expr, settings, method):
-        return seed_quality(expr, dict(settings, method=method), seeds)[0]
-
-    for name, concepts, settings in sets:
-        for text in TOY2D_DISJUNCTIONS:
-            expr = parse(text, concepts)
-            plain = [tv(expr, settings, m) for m in ("ula", "mala")]
-            balance(expr, settings)
-            log_z = list(expr.log_z)
-            bal = [tv(expr, settings, m) for m in ("ula", "mala")]
-            expr.log_z = [log_partition(t, settings, ais=True) for t in expr.terms]
-            ais = tv(expr, settings, "mala")
-            print(f"{name:<9} {text:<42} {plain[0]:>6.3f} {plain[1]:>6.3f} {bal[0]:>13.3f} {bal[1]:>14.3f} "
-                  f"{ais:>14.3f}   {', '.join(f'{z:.2f}' for z in log_z)}", flush=True)
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)
     ap.add_argument("--toy2d", type=int, default=0, metavar="RUNS", help="train toy2d RUNS times")
     ap.add_argument("--shapes", metavar="CKPT_DIR", help="judge compositions of these shapes models")
     ap.add_argument("--curve", metavar="OUT_DIR", help="accuracy against training time of a shapes run")
-    ap.add_argument("--continual", metavar="CKPT_DIR", help="judge the continual-learning models' compositions")
-    ap.add_argument("--crossproduct", metavar="DIR", help="cross-product generalisation: composed EBMs against "
-                    "a holistic generator (DIR/position.pt, DIR/f<fraction>/size.pt)")
     ap.add_argument("--every", type=int, default=500, help="--curve: judge every EVERY-th iteration's snapshot")
     ap.add_argument("--steps", type=int, default=None, help="Langevin steps for --shapes / --curve")
-    ap.add_argument("--samplers", action="store_true", help="ULA, MALA and HMC at equal cost")
-    ap.add_argument("--partition", action="store_true", help="partition functions and disjunctions (A.6)")
+    # moved to experiments.py; still parsed, so that the old spellings say where they went
+    ap.add_argument("--continual", metavar="CKPT_DIR", help="moved: python experiments.py continual --ckpt_dir DIR")
+    ap.add_argument("--crossproduct", metavar="DIR", help="moved: python experiments.py crossproduct --ckpt_dir DIR")
+    ap.add_argument("--samplers", action="store_true", help="moved: python experiments.py samplers")
+    ap.add_argument("--partition", action="store_true", help="moved: python experiments.py partition")
     args = ap.parse_args()
+    for flag, command in (("--continual", f"continual --ckpt_dir {args.continual}"),
+                          ("--crossproduct", f"crossproduct --ckpt_dir {args.crossproduct}"),
+                          ("--partition", "partition"), ("--samplers", "samplers")):
+        if getattr(args, flag[2:]):
+            print(f"error: bench.py {flag} moved: run python experiments.py {command}", file=sys.stderr)
+            sys.exit(2)
     if args.every < 1:
         ap.error(f"--every must be at least 1, got {args.every}")
     os.chdir(os.path.dirname(os.path.abspath(__file__)))
-    if args.shapes or args.curve or args.continual or args.crossproduct:  # image benchmarks only
-        if args.crossproduct:
-            bench_crossproduct(args.crossproduct)
-        if args.continual:
-            bench_shapes(args.continual, steps=args.steps, suite=CONTINUAL_SUITE, target=0.8,
-                         figure="assets/shapes_continual.png")
+    if args.shapes or args.curve:  # image benchmarks only
         if args.curve:
             bench_curve(args.curve, steps=args.steps, every=args.every)
         if args.shapes:
@@ -578,12 +330,6 @@ def main():
         return
     if args.toy2d:
         bench_toy2d(args.toy2d)
-        return
-    if args.samplers or args.partition:
-        if args.partition:
-            bench_partition()
-        if args.samplers:
-            bench_samplers()
         return
     bench_sampler_on_exact_energies()
     bench_speed()

@@ -254,6 +254,14 @@ def render_shapes(labels, image_size=32, scene="plain", clutter=0, light=None, s
     return out
 
 
+def to_float(images):
+    """uint8 renders or image files, channels last (..., H, W, 3), numpy or torch ->
+    float32 (..., 3, H, W) in [0, 1]: what every model and the judge read. The one
+    place that turns pixels into the networks' input."""
+    x = torch.as_tensor(np.asarray(images))  # (..., H, W, 3) uint8
+    return x.movedim(-1, -3).float().div(255)  # (..., 3, H, W)
+
+
 def corner_side(corner):
     """Side of the top-right square of positions that holds the share `corner` of the
     position square [-1, 1]^2: it spans [1 - side, 1] in x and in y."""
@@ -305,7 +313,7 @@ def make_shapes(n=20_000, seed=0, image_size=32, scene="plain", clutter=0, heldo
         tmp = f"{path[:-4]}.tmp{os.getpid()}.npz"  # atomic: readers never see half a file
         np.savez(tmp, **d)
         os.replace(tmp, path)
-    x = torch.from_numpy(d["images"]).permute(0, 3, 1, 2).float().div(255)  # (N, 3, H, W) in [0, 1]
+    x = to_float(d["images"])  # (N, 3, H, W) in [0, 1]
     labels = {"shape": torch.from_numpy(d["shape"]).long(), "color": torch.from_numpy(d["color"]).long(),
               "size": torch.from_numpy(d["size"]).float()[:, None], "position": torch.from_numpy(d["position"]).float()}
     concepts = {"shape": SHAPES + (HELDOUT_SHAPE,) if heldout == "shape" else SHAPES, "color": names,

@@ -5,20 +5,17 @@ off a `shapes` image. It is how compositions are measured (is a sample of
 "sphere & blue" a blue sphere?), and it is the supervised baseline that energy
 based inference is compared against.
 
-    python infer.py --train_judge                      # ~5 min on 2 CPU cores -> checkpoints/shapes/judge.pt
+    python infer.py --train_judge                      # ~5 min on 2 CPU cores -> checkpoints/supervised/judge.pt
     python infer.py --score "sphere & blue" --samples out/x.npz
     python infer.py --score "position=(-0.5,-0.5) & position=(0.5,0.5)" --samples out/two.npz
     python infer.py --ckpt_dir checkpoints/shapes --concept position --images a.png b.png [--joint] [--map m.png]
-    python infer.py --train_regressor                  # the supervised position baseline of Table 1
-    python infer.py --table ood                        # Table 1: position error out of distribution
-    python infer.py --table views                      # Figure 9a: error against the number of views
-    python infer.py --table objects                    # Figure 10: two objects, two minima
 
 Concept inference (paper section 3.5): the value of a concept family behind an image is
 argmin_c E(x | c); several views of one scene sum their energies (eq. 12, `--joint`).
 `infer` tries every value of a discrete family, or a grid over a continuous one that
 gradient descent then refines; `energy_map` draws a position model's energy over
-positions, whose local minima are where it sees objects.
+positions, whose local minima are where it sees objects. The paper's inference
+experiments (Table 1, Figures 9a and 10) measure these: python experiments.py ood|views|objects.
 
 `--score` judges every sample against every concept of the expression and
 prints, last, `accuracy X`: the share of samples in which the whole expression
@@ -39,12 +36,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from compose import SUPERVISED, And, Concept, Family, Not, Or, _pyplot, parse
-from data import COLORS, POSITION_RANGE, POSITION_SCALE, SHAPES, SIZE_RANGE, load_dataset, render_shapes
+from compose import And, Concept, Family, Not, Or, parse, pyplot
+from data import COLORS, POSITION_RANGE, POSITION_SCALE, SHAPES, SIZE_RANGE, load_dataset, to_float
 from model import load_checkpoint, save_checkpoint
 
-JUDGE_PATH = "checkpoints/shapes/judge.pt"
-REGRESSOR_PATH = "checkpoints/shapes/regressor.pt"  # the supervised position baseline (--table ood)
+JUDGE_PATH = "checkpoints/supervised/judge.pt"  # supervised networks live apart from the concept models
 HEADS = ("shape", "color", "size", "position")
 SIZE_TOL, POSITION_TOL = 0.1, 0.15  # a size / position "holds" within these
 
@@ -139,12 +135,6 @@ def train_judge(path=JUDGE_PATH, heads=HEADS, data=dict(n=40_000, seed=101), epo
     return judge, acc
 
 
-def train_regressor(path=REGRESSOR_PATH):
-    """The supervised baseline of Table 1: the judge's network trained with MSE on position
-    alone, on the position EBM's training data (train.py's shapes defaults: 20,000, seed 0)."""
-    return train_judge(path, heads=("position",), data=dict(n=20_000, seed=0))
-
-
 # ----------------------------------------------------------------------------
 # concept inference by energy: c* = argmin_c sum_i E(x_i | c)   (paper eq. 12)
 
@@ -216,7 +206,7 @@ def energy_map(net, x, n_grid=41):
 
 def save_energy_map(x, e, minima, path, title):
     """The image beside its energy map (dark: low energy), local minima marked."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(1, 2, figsize=(6, 3))
     edge = 1 / POSITION_SCALE  # the image's border in position units
     ax[0].imshow(x.permute(1, 2, 0).numpy(), extent=(-edge, edge, -edge, edge))
@@ -238,140 +228,17 @@ def read_images(paths, size):
         if not os.path.exists(path):
             raise FileNotFoundError(f"image {path} does not exist")
         try:
-            img = torch.from_numpy(np.asarray(iio.imread(path))).float() / 255
+            img = np.asarray(iio.imread(path))  # (H, W, 3) or (H, W, 4) uint8
         except Exception as e:
             raise ValueError(f"cannot read image {path}: {type(e).__name__}") from None
-        if img.dim() != 3 or img.shape[2] not in (3, 4):
+        if img.ndim != 3 or img.shape[2] not in (3, 4):
             raise ValueError(f"image {path} has shape {tuple(img.shape)}; expected RGB (H, W, 3) or RGBA (H, W, 4)")
-        img = img[:, :, :3].permute(2, 0, 1)  # (3, H, W)
+        img = to_float(img[:, :, :3])  # (3, H, W)
         if img.shape[1:] != (size, size):
             print(f"note: {path} is {img.shape[2]}x{img.shape[1]}; resized to {size}x{size}")
             img = F.interpolate(img[None], size=(size, size), mode="bilinear", antialias=True)[0]
         out.append(img)
     return torch.stack(out)
-
-
-# ----------------------------------------------------------------------------
-# the inference experiments (paper Table 1, Figures 9a and 10): python infer.py --table NAME
-
-OOD_SETS = {"Color": "colors", "Light": "light", "Size": "sizes", "Type": "shape"}  # column -> data.make_shapes heldout
-
-
-def position_error(found, truth):
-    """Mean absolute error of positions (N, 2), over both coordinates."""
-    return (found - truth).abs().mean().item()
-
-
-def load_position_model(path):
-    """A position EBM for the inference experiments; another family is a clear error."""
-    net, ckpt = load_checkpoint(path)
-    if ckpt["family"] != "position":
-        raise ValueError(f"{path} is a model of {ckpt['family']!r}; the inference experiments need position models")
-    return net, ckpt
-
-
-def ood_table(models, regressor_path=REGRESSOR_PATH, n=256, seed=301):
-    """Position error of each EBM (argmin of E(x | position)) and of the supervised regressor on
-    renders that change one factor never seen in training: unseen colors, an unseen light
-    (over a sky and ground), unseen sizes, an unseen shape (cone). Prints the table and, last,
-    `ebm_avg X regressor_avg Y` (the first EBM, averaged over the four changed sets)."""
-    regressor, _ = load_judge(regressor_path)
-    ebms = [load_position_model(p) for p in models]
-    names = [f"EBM, {ck['config']['steps']} steps" for _, ck in ebms] + ["regressor (MSE)"]
-    rows = {}
-    for column, heldout in [("Train", None)] + list(OOD_SETS.items()):
-        ds = load_dataset("shapes", n=n, seed=seed, heldout=heldout)
-        truth = ds.labels["position"]
-        rows[column] = [position_error(infer(net, ck, ds.x), truth) for net, ck in ebms]
-        rows[column].append(position_error(predict(regressor, ds.x)["position"], truth))
-        print(f"  {column}: " + "  ".join(f"{e:.3f}" for e in rows[column]), flush=True)
-    avg = [float(np.mean([rows[c][i] for c in OOD_SETS])) for i in range(len(names))]
-    print(f"\nmean absolute position error ({n} renders per set; positions in [-1, 1]; Train: like the training data)")
-    print(f"| model | {' | '.join(['Train', *OOD_SETS])} | OOD average |")
-    print("|---" * (len(OOD_SETS) + 3) + "|")
-    for i, name in enumerate(names):
-        print(f"| {name} | " + " | ".join(f"{rows[c][i]:.3f}" for c in rows) + f" | {avg[i]:.3f} |")
-    print(f"ebm_avg {avg[0]:.3f} regressor_avg {avg[-1]:.3f}")
-    return rows, avg
-
-
-def render_views(n_scenes, n_views, seed, scene="ground", clutter=1):
-    """n_scenes objects, each seen n_views times under a different light and different clutter:
-    (S, K, 3, H, W) images and the (S, 2) positions."""
-    rng = np.random.default_rng(seed)
-    labels = {"shape": rng.integers(0, len(SHAPES), n_scenes), "size": rng.uniform(*SIZE_RANGE, n_scenes),
-              "color": np.array(list(COLORS.values()))[rng.integers(0, len(COLORS), n_scenes)],
-              "position": rng.uniform(*POSITION_RANGE, (n_scenes, 2))}
-    views = [render_shapes(labels, 32, scene, clutter, seed=seed + 1 + k) for k in range(n_views)]  # K x (S, H, W, 3)
-    x = torch.from_numpy(np.stack(views, 1)).permute(0, 1, 4, 2, 3).float() / 255  # (S, K, 3, H, W)
-    return x, torch.from_numpy(labels["position"]).float()
-
-
-def views_table(model, n_scenes=64, max_views=8, seed=401, figure="assets/infer_views.png"):
-    """Position error against the number of views combined (eq. 12), Figure 9a's analog."""
-    net, ckpt = load_position_model(model)
-    x, truth = render_views(n_scenes, max_views, seed)
-    values = candidate_values(ckpt, 21)
-    e = energies_over(net, x.flatten(0, 1), values).view(n_scenes, max_views, -1)  # (S, K, V): once for every k
-    errors = []
-    for k in range(1, max_views + 1):  # the first k views of every scene: infer's grid, then refine
-        start = values[e[:, :k].sum(1).argmin(1)]  # (S, 2)
-        errors.append(position_error(refine(net, ckpt, x[:, :k], start), truth))
-        print(f"{k} view(s): mean absolute position error {errors[-1]:.3f}", flush=True)
-    plt = _pyplot()
-    fig, ax = plt.subplots(1, 2, figsize=(7, 3), gridspec_kw={"width_ratios": [1.3, 1]})
-    rows = x[0].reshape(2, max_views // 2, 3, 32, 32).permute(0, 3, 1, 4, 2)  # (2, H, K/2, W, 3)
-    ax[0].imshow(rows.reshape(64, -1, 3).numpy())
-    ax[0].set_title("the views of one object", fontsize=8)
-    ax[0].axis("off")
-    ax[1].plot(range(1, max_views + 1), errors, "o-")
-    ax[1].set(xlabel="views", ylabel="position error", ylim=(0, None))
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(figure) or ".", exist_ok=True)
-    fig.savefig(figure, dpi=100)
-    plt.close(fig)
-    print(f"wrote {figure}")
-    print(f"views_1 {errors[0]:.3f} views_{max_views} {errors[-1]:.3f}")
-    return errors
-
-
-TWO_OBJECTS_APART = 1.0  # objects of size 0.3-0.4 reach 0.4-0.5 from their centres: 1.0 apart, they do not touch
-
-
-def two_object_images(n, seed, min_apart=TWO_OBJECTS_APART):
-    """n images of two objects at least min_apart apart on the grey background: (N, 3, H, W), (N, 2, 2)."""
-    rng = np.random.default_rng(seed)
-    pos = rng.uniform(*POSITION_RANGE, (8 * n, 2, 2))
-    pos = pos[np.linalg.norm(pos[:, 0] - pos[:, 1], axis=1) >= min_apart][:n]  # (n, 2, 2)
-    layers = []
-    for k in range(2):
-        labels = {"shape": rng.integers(0, len(SHAPES), n), "size": rng.uniform(0.3, 0.4, n),
-                  "color": np.array(list(COLORS.values()))[rng.integers(0, len(COLORS), n)], "position": pos[:, k]}
-        layers.append(render_shapes(labels, 32, seed=seed).astype(np.float32) / 255)  # (n, H, W, 3)
-    drawn = np.abs(layers[1] - 0.5).max(-1, keepdims=True) > 0.02  # the second object's pixels
-    x = np.where(drawn, layers[1], layers[0])
-    return torch.from_numpy(x).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(pos).float()
-
-
-def objects_table(model, n=128, seed=501, figure="assets/infer_two_objects.png"):
-    """Figure 10's analog: the single-object position model's energy map over an image of two
-    objects; recovered when its two lowest local minima lie within POSITION_TOL of the two
-    objects (one minimum each)."""
-    net, _ = load_position_model(model)
-    x, pos = two_object_images(n, seed)
-    found = []
-    for i, (img, p) in enumerate(zip(x, pos.numpy())):
-        e, _, minima = energy_map(net, img)
-        m = np.array(minima[:2])  # (2, 2): the two lowest minima, if there are two
-        found.append(len(m) == 2 and any(np.hypot(*(m - p[list(order)]).T).max() <= POSITION_TOL
-                                         for order in ((0, 1), (1, 0))))
-        if i == 0:
-            save_energy_map(img, e, minima, figure, f"two objects; lowest minima {np.round(m, 2).tolist()}")
-    rate = float(np.mean(found))
-    print(f"wrote {figure}")
-    print(f"two-object recovery {rate:.3f} ({sum(found)} of {n} images: both objects within {POSITION_TOL} "
-          f"of the two lowest minima)")
-    return rate
 
 
 # ----------------------------------------------------------------------------
@@ -475,22 +342,16 @@ def main(argv=None):
     p.add_argument("--images", nargs="+", help="concept inference: image files")
     p.add_argument("--joint", action="store_true", help="one value for all images (several views of one scene)")
     p.add_argument("--map", help="position: also write the energy map of the first image to this PNG")
-    p.add_argument("--train_regressor", action="store_true", help="train the supervised position baseline")
+    # moved to experiments.py; still parsed, so that the old spellings say where they went
+    p.add_argument("--train_regressor", action="store_true", help="moved: python experiments.py regressor")
     p.add_argument("--table", choices=("ood", "views", "objects"),
-                   help="an inference experiment: ood (Table 1), views (Figure 9a), objects (Figure 10)")
-    p.add_argument("--models", nargs="+", default=["checkpoints/shapes/position.pt"],
-                   help="--table: the position EBM(s) (ood: one column each, the first is ebm_avg)")
+                   help="moved: python experiments.py ood|views|objects")
+    p.add_argument("--models", nargs="+", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.table:
-        for path in args.models:
-            if not os.path.exists(path):
-                raise FileNotFoundError(f"position model {path} does not exist")
-        {"ood": lambda: ood_table(args.models), "views": lambda: views_table(args.models[0]),
-         "objects": lambda: objects_table(args.models[0])}[args.table]()
-        return
+        moved("--table", " ".join([args.table] + (["--models", *args.models] if args.models else [])))
     if args.train_regressor:
-        train_regressor()
-        return
+        moved("--train_regressor", "regressor")
     if args.concept or args.images:
         if not (args.ckpt_dir and args.concept and args.images):
             p.error("concept inference needs --ckpt_dir DIR --concept FAMILY --images FILE [FILE ...]")
@@ -522,11 +383,17 @@ def main(argv=None):
     print(f"accuracy {acc:.3f}")
 
 
+def moved(flag, command):
+    """One line to stderr saying where an old spelling went, and exit status 2 (a usage error)."""
+    print(f"error: infer.py {flag} moved: run python experiments.py {command}", file=sys.stderr)
+    sys.exit(2)
+
+
 def infer_cli(args):
     """python infer.py --ckpt_dir DIR --concept FAMILY --images a.png b.png [--joint] [--map m.png]"""
     path = os.path.join(args.ckpt_dir, f"{args.concept}.pt")
     if not os.path.exists(path):
-        have = sorted(f[:-3] for f in os.listdir(args.ckpt_dir) if f.endswith(".pt") and f not in SUPERVISED) \
+        have = sorted(f[:-3] for f in os.listdir(args.ckpt_dir) if f.endswith(".pt")) \
             if os.path.isdir(args.ckpt_dir) else []
         raise FileNotFoundError(f"no model of concept {args.concept!r} in {args.ckpt_dir} "
                                 f"(it has: {', '.join(have) or 'nothing'})")

@@ -140,14 +140,15 @@ class ImageEnergy(nn.Module):
     Why sum pooling for small images: under spectral normalisation every average
     pool divides the input gradient by 4; a sum over the final map undoes some of
     that, so Langevin moves pixels with moderate step sizes.
-    On a CPU the network runs in channels_last memory format (faster convolutions).
+    The network runs in channels_last memory format on CPUs and under bf16 on GPUs: both
+    run convolutions faster on channels-last tensors (tensor cores want channels innermost).
     On a GPU with bfloat16 it runs under bf16 autocast (`bf16`, default: wherever
     supported): convolutions in bf16 on tensor cores, the energy returned in fp32,
     so Langevin's updates of x (sampler.py) and the loss stay in fp32.
     """
 
     bf16 = None  # None: autocast on CUDA devices that support bfloat16; True / False: force
-    channels_last = None  # None: on CPUs; True / False: force (bench.py's naive loop turns it off)
+    channels_last = None  # None: on CPUs and under bf16; True / False: force (bench.py's naive loop turns it off)
 
     def __init__(self, cfg: ImageConfig):
         super().__init__()
@@ -180,14 +181,14 @@ class ImageEnergy(nn.Module):
                              f"got {tuple(x.shape[-2:])}")
         bf16 = self.bf16 if self.bf16 is not None else x.is_cuda and torch.cuda.is_bf16_supported()
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bool(bf16)):
-            return self.energy(x, c).float()  # (B,) fp32 whatever the network ran in
+            return self.energy(x, c, bool(bf16)).float()  # (B,) fp32 whatever the network ran in
 
-    def energy(self, x, c):
+    def energy(self, x, c, bf16=False):
         cond = self.concept_vector(c)  # (B or 1, cond_dim)
         x = 2 * x - 1  # centred on 0
         if self.cfg.coords:
             x = torch.cat([x, self.grid.expand(len(x), -1, -1, -1)], 1)  # (B, 5, H, W)
-        if self.channels_last if self.channels_last is not None else x.device.type == "cpu":
+        if self.channels_last if self.channels_last is not None else x.device.type == "cpu" or bf16:
             x = x.contiguous(memory_format=torch.channels_last)
         h = self.stem(x)  # (B, C0, H, W)
         for i, block in enumerate(self.blocks):
@@ -200,42 +201,7 @@ class ImageEnergy(nn.Module):
         return self.out(h).squeeze(-1)  # (B,)
 
 
-# ----------------------------------------------------------------------------
-# the holistic baseline of cross-product generalisation (paper 3.4): not an EBM
-
-@dataclass
-class GeneratorConfig:
-    image_size: int = 32
-    cond_dim: int = 3  # every concept number at once, e.g. (x, y, size)
-    channels: tuple = (128, 64, 16)  # one 2x-upsampling block per entry, from an (image_size / 2^len)^2 map
-
-
-class Generator(nn.Module):
-    """G(c) -> image: all concepts in one network, trained by regression (MSE) to the
-    data (bench.py --crossproduct). As in the paper's baseline: a dense layer to a small
-    map, then blocks of (2x nearest upsampling, conv, Swish, conv, Swish), then a conv to
-    RGB and a sigmoid into [0, 1]. The default channels mirror the shapes32 EBM's (many
-    channels at low resolution, few at full): 0.13M parameters against its 0.15M."""
-
-    def __init__(self, cfg: GeneratorConfig):
-        super().__init__()
-        self.cfg = cfg
-        ch, self.start = list(cfg.channels), cfg.image_size >> len(cfg.channels)
-        self.dense = nn.Linear(cfg.cond_dim, ch[0] * self.start ** 2)
-        self.blocks = nn.ModuleList(nn.Sequential(nn.Upsample(scale_factor=2), nn.Conv2d(a, b, 3, padding=1), nn.SiLU(),
-                                                  nn.Conv2d(b, b, 3, padding=1), nn.SiLU())
-                                    for a, b in zip(ch, ch[1:] + ch[-1:]))
-        self.rgb = nn.Conv2d(ch[-1], 3, 3, padding=1)
-
-    def forward(self, c):
-        # c: (B, cond_dim) -> (B, 3, image_size, image_size) in [0, 1]
-        h = F.silu(self.dense(c)).view(len(c), -1, self.start, self.start)  # (B, C0, s, s)
-        for block in self.blocks:
-            h = block(h)  # (B, C_i, 2s, 2s) ...
-        return torch.sigmoid(self.rgb(h))
-
-
-MODELS = {"mlp": (MLPConfig, MLPEnergy), "image": (ImageConfig, ImageEnergy), "generator": (GeneratorConfig, Generator)}
+MODELS = {"mlp": (MLPConfig, MLPEnergy), "image": (ImageConfig, ImageEnergy)}  # the concept models
 
 
 def build_model(kind, **kwargs):

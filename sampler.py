@@ -215,10 +215,9 @@ class ReplayBuffer:
         dev = self.x.device
         slots = torch.randperm(self.capacity, device=dev)[:n]  # (B,) distinct
         fresh = ~self.filled[slots] | (torch.rand(n, device=dev) < self.reinit_prob)  # (B,)
-        x, c = self.x[slots], self.c[slots]  # indexing copies
-        if fresh.any():
-            x[fresh] = x_new[fresh].to(dev, x.dtype)
-            c[fresh] = c_new[fresh].to(dev, self.c.dtype)
+        # where, not masked assignment: no host synchronisation, so a GPU never waits on Python here
+        x = torch.where(fresh.view(-1, *[1] * (self.x.dim() - 1)), x_new.to(dev, self.x.dtype), self.x[slots])
+        c = torch.where(fresh.view(-1, *[1] * (self.c.dim() - 1)), c_new.to(dev, self.c.dtype), self.c[slots])
         return x, c, slots, fresh
 
     def update(self, slots, x, c):

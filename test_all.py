@@ -14,7 +14,7 @@ import train
 from compose import And, Concept, Not, Or, exact_weights, parse, toy2d_quality
 from data import TOY2D_STD, load_dataset, make_toy2d, toy2d_modes
 from model import build_model, load_checkpoint, save_checkpoint
-from sampler import ReplayBuffer, langevin
+from sampler import ReplayBuffer, langevin, run_chains
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -33,10 +33,7 @@ def toy_concepts():
 
 def perfect_samples(expr, n=4000, seed=0):
     """Samples drawn exactly from an expression's mode weights (what a perfect sampler returns)."""
-    g = torch.Generator().manual_seed(seed)
-    centres, _ = toy2d_modes()
-    mode = torch.multinomial(exact_weights(expr).float(), n, replacement=True, generator=g)
-    return centres[mode] + TOY2D_STD * torch.randn(n, 2, generator=g)
+    return compose.exact_samples(expr, n, seed)
 
 
 # ---------------------------------------------------------------- data and model
@@ -87,7 +84,7 @@ def test_resampling_finds_each_modes_share():
     torch.manual_seed(0)
     x0 = torch.rand(4000, 1) * 6 - 3
     plain = langevin(energy, x0, 300, 0.002, clamp=(-3, 3))
-    smc = langevin(energy, x0, 300, 0.002, anneal=30, resample=True, clamp=(-3, 3))
+    smc = run_chains(energy, x0, 300, 0.002, anneal=30, resample=True, clamp=(-3, 3)).x
     assert abs((plain < 0).float().mean() - 0.5) < 0.05
     assert abs((smc < 0).float().mean() - 0.75) < 0.04
 
@@ -374,9 +371,67 @@ def test_killed_run_resumes_from_its_last_checkpoint(tmp_path):
     assert not torch.equal(after["buffer"]["x"], ckpt["buffer"]["x"])  # the buffer came back and moved on
 
 
+
+def test_resume_moves_between_devices_starts_from_light_snapshots_and_keeps_its_schedule(tmp_path, monkeypatch):
+    """A checkpoint written on another device (CUDA random state inside, tensors mapped anywhere)
+    resumes here; so does a light snapshot (weights only: fresh chains and optimizer); a larger
+    --max_iters keeps the cosine horizon the run started with."""
+    out = str(tmp_path)
+    code, _, stderr = run_cli("train.py", "--concept", "vertical", "--out_dir", out, "--max_iters", "20",
+                              "--ckpt_interval", "10", "--log_interval", "10")
+    assert code == 0, stderr
+    path = os.path.join(out, "vertical.pt")
+    ckpt = torch.load(path, weights_only=True)
+    assert ckpt["rng"].dtype == torch.uint8 and ckpt["lr_horizon"] == 20
+    ckpt["cuda_rng"] = torch.get_rng_state()  # as written on a GPU machine: a second generator's state
+    save_checkpoint(ckpt, path)
+    # the checkpoint arrives through map_location: every tensor, random states included, is
+    # put on the run's device; the random states must reach torch as CPU byte tensors
+    seen = []
+    monkeypatch.setattr(torch, "set_rng_state", lambda s: seen.append((s.device.type, s.dtype)))
+    cfg = train.parse_config(["--concept", "vertical", "--out_dir", out, "--max_iters", "30", "--resume"])
+    ds = train.dataset_for(cfg)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    raw = train.build_concept_model(cfg, ds, "vertical").to(device)
+    opt = torch.optim.Adam(raw.parameters())
+    buffer = train.ReplayBuffer(cfg.buffer_size, ds.x.shape[1:], (), torch.long, device=device)
+    run = train.load_run(path, device, raw, None, opt, buffer, cfg, ds, print)
+    assert seen == [("cpu", torch.uint8)] and run["step"] == 20 and run["horizon"] == 20
+    monkeypatch.undo()
+    # the horizon holds: past it the learning rate stays at its floor, not back at the top
+    assert train.learning_rate(cfg, 25, run["horizon"]) == pytest.approx(cfg.lr * cfg.min_lr_ratio)
+    code, stdout, stderr = run_cli("train.py", "--concept", "vertical", "--out_dir", out, "--max_iters", "30",
+                                   "--resume", "--log_interval", "5")
+    assert code == 0, stderr
+    assert "the learning rate keeps its schedule over 20 iterations" in stdout and "iter    30/30" in stdout
+    # a light snapshot: no optimizer, buffer or random state
+    light = {k: v for k, v in torch.load(path, weights_only=True).items() if k not in ("optimizer", "buffer", "rng")}
+    save_checkpoint(light, path)
+    code, stdout, stderr = run_cli("train.py", "--concept", "vertical", "--out_dir", out, "--max_iters", "35",
+                                   "--resume", "--log_interval", "5")
+    assert code == 0, stderr
+    assert "the chains start afresh" in stdout and "iter    35/35" in stdout
+    assert torch.load(path, weights_only=True)["step"] == 35
+
+
+def test_divergence_rolls_back_to_the_last_checkpoint(tmp_path):
+    """When E+ - E- falls below -diverge_gap, the run goes back to its last checkpoint at half the
+    learning rate, and after three rollbacks it stops with that checkpoint's weights."""
+    out = str(tmp_path)
+    # a gap of 1e-9 counts any step where the data sits below the samples as diverging
+    code, stdout, stderr = run_cli("train.py", "--concept", "vertical", "--out_dir", out, "--max_iters", "200",
+                                   "--ckpt_interval", "10", "--log_interval", "10", "--diverge_gap", "1e-9")
+    assert code == 0, stderr
+    rolled = re.findall(r"rolled back to step (\d+), learning rate x([\d.]+) \(rollback (\d) of 3\)", stdout)
+    assert [(r[1], r[2]) for r in rolled] == [("0.5", "1"), ("0.25", "2"), ("0.125", "3")], stdout
+    assert "after 3 rollbacks: stopping" in stdout
+    ckpt = torch.load(os.path.join(out, "vertical.pt"), weights_only=True)
+    assert ckpt["step"] < 200 and ckpt["rollbacks"] <= 3
+
 # ---------------------------------------------------------------- shapes (images)
 
 SHAPES_DIR = os.path.join(HERE, "checkpoints", "shapes")
+SUPERVISED_DIR = os.path.join(HERE, "checkpoints", "supervised")  # the judge and the regressor: no concept models
 
 
 def test_shapes_dataset_is_labelled_cached_and_checked(tmp_path):
@@ -442,16 +497,17 @@ def test_continuous_concepts_parse_and_check_their_values():
 def test_judge_reads_held_out_renders():
     from data import make_shapes
     from infer import judge_accuracy, load_judge
-    judge, _ = load_judge(os.path.join(SHAPES_DIR, "judge.pt"))
+    judge, _ = load_judge(os.path.join(SUPERVISED_DIR, "judge.pt"))
     acc = judge_accuracy(judge, make_shapes(n=1000, seed=999))
     assert acc["shape"] >= 0.98 and acc["color"] >= 0.98 and acc["position_error"] <= 0.05 and acc["size"] >= 0.95
 
 
 def test_crossproduct_data_test_set_and_holistic_baseline(tmp_path):
     """paper 3.4: every size only in the corner; test places outside it; the baseline learns."""
-    import bench
+    import experiments
     from data import COLORS, LARGE_SIZES, SHAPES, corner_side, make_shapes
-    from infer import load_judge, position_error, predict
+    from experiments import position_error
+    from infer import load_judge, predict
     ds = make_shapes(n=512, seed=0, corner=0.25, cache_dir=str(tmp_path))  # corner square [0, 1]^2
     assert (ds.labels["shape"] == SHAPES.index("sphere")).all() and (ds.labels["color"] == list(COLORS).index("red")).all()
     inside, size = (ds.labels["position"] >= 1 - corner_side(0.25)).all(1), ds.labels["size"][:, 0]
@@ -459,8 +515,8 @@ def test_crossproduct_data_test_set_and_holistic_baseline(tmp_path):
     assert ((size[~inside] >= LARGE_SIZES[0]) & (size[~inside] <= LARGE_SIZES[1])).all()
     assert (size[inside] < LARGE_SIZES[0]).float().mean() > 0.5  # U(0.3, 0.7): 3/4 below 0.6
     assert (make_shapes(n=64, seed=1, corner=0, cache_dir=str(tmp_path)).labels["size"] >= LARGE_SIZES[0]).all()
-    pos, want = bench.crossproduct_test(64)
-    assert len(pos) == 64 and (pos < 1 - corner_side(bench.CROSS_TEST_CORNER)).any(1).all() and (want < 0.6).all()
+    pos, want = experiments.crossproduct_test(64)
+    assert len(pos) == 64 and (pos < 1 - corner_side(experiments.CROSS_TEST_CORNER)).any(1).all() and (want < 0.6).all()
     # one combination per sample: a Concept of (B, d) values conditions each sample on its own row
     net = build_model("image", cond_dim=2).eval()  # eval: spectral norm's power iteration stays put
     torch.nn.init.normal_(net.blocks[0].film.weight)
@@ -468,17 +524,17 @@ def test_crossproduct_data_test_set_and_holistic_baseline(tmp_path):
     rows = Concept(net, "position", pos[:3].tolist(), "position")(x)
     assert torch.allclose(rows, torch.stack([Concept(net, "position", p, "p")(x[i:i + 1])[0]
                                              for i, p in enumerate(pos[:3].tolist())]), atol=1e-5)
-    gen = bench.train_holistic(ds, str(tmp_path / "holistic.pt"), iters=150, batch=32)
-    judge, _ = load_judge(os.path.join(SHAPES_DIR, "judge.pt"))
+    gen = experiments.train_holistic(ds, str(tmp_path / "holistic.pt"), iters=150, batch=32)
+    judge, _ = load_judge(os.path.join(SUPERVISED_DIR, "judge.pt"))
     with torch.no_grad():
         p = predict(judge, gen(torch.cat([ds.labels["position"], ds.labels["size"]], 1)[:128]))
     assert (p["size"] - size[:128]).abs().mean() < 0.05 and position_error(p["position"], ds.labels["position"][:128]) < 0.05
-    again, _ = load_checkpoint(str(tmp_path / "holistic.pt"))
+    again, _ = experiments.load_holistic(str(tmp_path / "holistic.pt"))
     assert torch.allclose(again(pos[:2].new_tensor([[0.0, 0.0, 0.5]])), gen(torch.tensor([[0.0, 0.0, 0.5]])))
 
 
 def test_score_cli_judges_concepts_and_counts_objects(tmp_path):
-    from data import load_dataset, render_shapes
+    from data import load_dataset, render_shapes, to_float
     ds = load_dataset("shapes", n=400, seed=11)
     red = ds.x[ds.labels["color"] == 0][:40]
     np.savez(tmp_path / "red.npz", samples=red.numpy())
@@ -491,7 +547,7 @@ def test_score_cli_judges_concepts_and_counts_objects(tmp_path):
     n = 16
     labels = {"shape": np.arange(2 * n) % 3, "color": np.tile([[0.9, 0.1, 0.1]], (2 * n, 1)),
               "size": np.linspace(0.3, 0.4, 2 * n), "position": np.array([[-0.5, -0.5], [0.5, 0.5]] * n)}
-    imgs = torch.from_numpy(render_shapes(labels)).permute(0, 3, 1, 2).float() / 255
+    imgs = to_float(render_shapes(labels))  # (2n, 3, 32, 32)
     two = torch.stack([torch.where((imgs[2 * i + 1].max(0).values - imgs[2 * i + 1].min(0).values) > 0.05,
                                    imgs[2 * i + 1], imgs[2 * i]) for i in range(n)])
     np.savez(tmp_path / "two.npz", samples=two.numpy())
@@ -542,6 +598,7 @@ def test_short_shapes_training_ranks_data_below_noise(tmp_path):
 def test_shipped_shapes_models_compose_images(tmp_path):
     concepts = compose.load_concepts(SHAPES_DIR)
     assert {"sphere", "cube", "cylinder", "red", "blue", "size", "position"} <= set(concepts)
+    assert len({id(c.model) for c in concepts.values()}) == 4  # color, position, shape, size: nothing else
     assert sum(os.path.getsize(os.path.join(SHAPES_DIR, f)) for f in os.listdir(SHAPES_DIR)) <= 20e6
     code, stdout, stderr = run_cli("compose.py", "sphere & blue & size=0.5 & position=(0.5,-0.3)", "--ckpt_dir",
                                    SHAPES_DIR, "--num", "6", "--steps", "3", "--save", str(tmp_path / "x.npz"), "--gif")
@@ -709,7 +766,8 @@ def test_torchrun_two_processes_train_one_model(fake_celeba, tmp_path):
     root, _ = fake_celeba
     out = str(tmp_path / "run")
     common = ["train.py", "--dataset", "celeba", "--data_dir", root, "--cache_dir", str(tmp_path / "cache"),
-              "--preset", "shapes32", "--batch_size", "8", "--steps", "3", "--buffer_size", "64", "--out_dir", out]
+              "--preset", "shapes32", "--batch_size", "8", "--steps", "3", "--buffer_size", "64", "--out_dir", out,
+              "--device", "cpu"]  # the gloo path, even where a GPU is visible (2 processes, maybe 1 GPU)
     code, stdout, stderr = torchrun(*common, "--concept", "smiling", "--max_iters", "6", "--log_interval", "2")
     assert code == 0, stderr[-3000:]
     assert "[Smiling] ddp: weights identical on all 2 ranks" in stdout
@@ -746,20 +804,20 @@ def test_mala_and_hmc_remove_the_step_size_bias_of_ula():
     energy = lambda x: 0.5 * x.pow(2).sum(1)  # noqa: E731
     x0 = 3 * torch.randn(20_000, 2, generator=torch.Generator().manual_seed(0))
     torch.manual_seed(0)
-    var = {m: langevin(energy, x0, 200, 1.0, method=m).var(0).mean().item() for m in ("ula", "mala", "hmc")}
+    var = {m: run_chains(energy, x0, 200, 1.0, method=m).x.var(0).mean().item() for m in ("ula", "mala", "hmc")}
     assert abs(var["ula"] - 4 / 3) < 0.06 and abs(var["mala"] - 1) < 0.04 and abs(var["hmc"] - 1) < 0.04, var
-    cold = langevin(energy, x0, 400, 0.2, noise_scale=0.5 * 0.2 ** 0.5, method="mala").var(0).mean().item()
+    cold = run_chains(energy, x0, 400, 0.2, noise_scale=0.5 * 0.2 ** 0.5, method="mala").x.var(0).mean().item()
     assert abs(cold - 0.25) < 0.015
     with pytest.raises(ValueError, match="method must be"):
-        langevin(energy, x0, 1, 0.1, method="gibbs")
+        run_chains(energy, x0, 1, 0.1, method="gibbs")
 
 
 def test_log_partition_by_quadrature_and_by_annealed_importance_sampling():
     # a Gaussian in a box: log Z = log(2 pi), by AIS from uniform noise with MALA
     energy = lambda x: 0.5 * x.pow(2).sum(1)  # noqa: E731
     torch.manual_seed(0)
-    _, log_z = langevin(energy, 12 * torch.rand(2000, 2) - 6, 300, 0.05, anneal=50, resample=True,
-                        clamp=(-6, 6), method="mala", log_z=True)
+    log_z = run_chains(energy, 12 * torch.rand(2000, 2) - 6, 300, 0.05, anneal=50, resample=True,
+                       clamp=(-6, 6), method="mala").log_z
     assert abs(log_z - np.log(2 * np.pi)) < 0.05
     # toy2d's exact energies: a concept of 8 modes vs a conjunction of 2 (log 4 apart), both ways
     import bench
@@ -831,25 +889,50 @@ def test_inference_by_energy_minimisation():
 
 
 def test_inference_experiments_data_and_tables(capsys):
+    import experiments
     import infer
     # two objects, far enough apart to be two blobs, each where the labels say
-    x, pos = infer.two_object_images(16, seed=3)
+    x, pos = experiments.two_object_images(16, seed=3)
     assert x.shape == (16, 3, 32, 32) and pos.shape == (16, 2, 2)
-    assert ((pos[:, 0] - pos[:, 1]).norm(dim=1) >= infer.TWO_OBJECTS_APART).all()
+    assert ((pos[:, 0] - pos[:, 1]).norm(dim=1) >= experiments.TWO_OBJECTS_APART).all()
     found = infer.blobs(x)
     ok = [len(b) == 2 and all(min(np.hypot(*(np.array(q) - p)) for q in b) < 0.15 for p in ps.numpy())
           for b, ps in zip(found, pos)]
     assert np.mean(ok) >= 0.9, found
     # views: one object, its place fixed, the clutter and the light changing from view to view
-    v, truth = infer.render_views(3, 4, seed=5)
+    v, truth = experiments.render_views(3, 4, seed=5)
     assert v.shape == (3, 4, 3, 32, 32) and truth.shape == (3, 2)
     assert (v[:, 0] - v[:, 1]).abs().amax((1, 2, 3)).min() > 0.1
     # Table 1 on a few renders: the layout, its last line, and a regressor that reads positions
-    rows, avg = infer.ood_table([f"{SHAPES_DIR}/position.pt"], n=16)
+    rows, avg = experiments.ood_table([f"{SHAPES_DIR}/position.pt"], n=16)
     assert list(rows) == ["Train", "Color", "Light", "Size", "Type"] and len(avg) == 2
     assert rows["Train"][1] < 0.05  # the supervised regressor on data like its own
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert re.fullmatch(r"ebm_avg \d\.\d{3} regressor_avg \d\.\d{3}", last), last
+
+
+def test_moved_experiments_say_where_they_went():
+    """The paper's experiments left infer.py and bench.py for experiments.py: each old spelling
+    answers with one line naming the new command, and status 2."""
+    new = "run python experiments.py"
+    for args, line in [(["infer.py", "--table", "ood"], f"error: infer.py --table moved: {new} ood"),
+                       (["infer.py", "--table", "views", "--models", "a.pt"],
+                        f"error: infer.py --table moved: {new} views --models a.pt"),
+                       (["infer.py", "--train_regressor"], f"error: infer.py --train_regressor moved: {new} regressor"),
+                       (["bench.py", "--continual", "out-c"],
+                        f"error: bench.py --continual moved: {new} continual --ckpt_dir out-c"),
+                       (["bench.py", "--crossproduct", "out-x"],
+                        f"error: bench.py --crossproduct moved: {new} crossproduct --ckpt_dir out-x"),
+                       (["bench.py", "--partition"], f"error: bench.py --partition moved: {new} partition"),
+                       (["bench.py", "--samplers"], f"error: bench.py --samplers moved: {new} samplers")]:
+        code, out, err = run_cli(*args)
+        assert code == 2 and out == "" and err == line + "\n", (args, code, err)
+    # the new home: every experiment is listed, and a missing model is named without a traceback
+    code, out, _ = run_cli("experiments.py", "--help")
+    assert code == 0 and all(name in out for name in ("continual", "crossproduct", "regressor", "ood", "views",
+                                                         "objects", "partition", "samplers"))
+    code, _, err = run_cli("experiments.py", "views", "--models", "missing.pt")
+    assert code == 1 and "position model missing.pt does not exist" in err and "Traceback" not in err
 
 
 def test_infer_cli_reads_images_and_reports_bad_input(tmp_path):

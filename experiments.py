@@ -1,0 +1,501 @@
+"""The paper's experiments, one command each: python experiments.py NAME [options].
+
+    python experiments.py continual --ckpt_dir out-continual   # 3.3: shape, color and place never seen together
+    python experiments.py crossproduct --ckpt_dir out-cross    # 3.4: unseen (size, position) pairs: composed EBMs
+                                                               #      against a holistic generator (trained if missing)
+    python experiments.py regressor       # Table 1's supervised baseline -> checkpoints/supervised/regressor.pt
+    python experiments.py ood [--models A.pt B.pt]   # Table 1: position error on renders of unseen factors
+    python experiments.py views [--models A.pt]      # Figure 9a: error against the number of views combined
+    python experiments.py objects [--models A.pt]    # Figure 10: two objects, the two lowest energy minima
+    python experiments.py partition [--ckpt_dir out-toy2d]   # A.6: partition functions and disjunctions
+    python experiments.py samplers [--ckpt_dir out-toy2d]    # ULA, MALA and HMC at equal cost
+
+The pieces they measure live in the core files (composing and sampling: compose.py; the
+judge and inference by energy: infer.py; the judged composition table: bench.py); this
+file sets up each experiment's data, runs it and prints its table. Paths are relative to
+the repository; figures go to assets/. The README gives every result and its meaning.
+(These were bench.py --continual/--crossproduct/--partition/--samplers and infer.py
+--train_regressor/--table NAME; those spellings now answer with where they went.)
+"""
+import argparse
+import os
+import re
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from bench import bench_shapes, exact_toy2d_concepts, exact_toy2d_settings
+from compose import (TOY2D_SUITE, Concept, balance, image_grid, load_concepts, log_partition, parse, pyplot,
+                     sample, sampling_settings, toy2d_quality)
+from data import (COLORS, LARGE_SIZES, POSITION_RANGE, SHAPES, SIZE_RANGE, corner_side, load_dataset, make_toy2d,
+                  render_shapes, to_float)
+from infer import (POSITION_TOL, candidate_values, energies_over, energy_map, infer, load_judge, predict, refine,
+                   save_energy_map, score, train_judge)
+from model import load_checkpoint, save_checkpoint
+from train import Config, dataset_for
+
+# ----------------------------------------------------------------------------
+# continual learning (paper 3.3): position learned on red cubes, then shape on red objects
+# through it, then color on cubes through both; the first expression was seen whole in
+# training, the others combine a shape, a color and a place never seen together.
+
+CONTINUAL_SUITE = ["cube & red & position=(0.5,0.5)", "sphere & blue & position=(-0.5,0.5)",
+                   "cylinder & green & position=(0.5,-0.5)", "sphere & yellow & position=(-0.5,-0.5)"]
+
+
+def continual_study(ckpt_dir, steps=None):
+    """Sample and judge CONTINUAL_SUITE with the models of ckpt_dir (bench.py's table)."""
+    return bench_shapes(ckpt_dir, steps=steps, suite=CONTINUAL_SUITE, target=0.8, figure="assets/shapes_continual.png")
+
+
+# ----------------------------------------------------------------------------
+# cross-product generalisation (paper 3.4): a position EBM trained on large red spheres
+# (--corner 0) and a size EBM per fraction f (--corner f: every size only in a top-right
+# corner holding f of the positions), composed, against one holistic generator per f
+
+CROSS_TEST_CORNER = 0.1  # the test places lie outside this corner: unseen with sizes < 0.6 for every f < 1
+
+
+@dataclass
+class GeneratorConfig:
+    image_size: int = 32
+    cond_dim: int = 3  # every concept number at once, e.g. (x, y, size)
+    channels: tuple = (128, 64, 16)  # one 2x-upsampling block per entry, from an (image_size / 2^len)^2 map
+
+
+class Generator(nn.Module):
+    """G(c) -> image, the holistic baseline (not an EBM): all concepts in one network, trained
+    by regression (MSE) to the data. As in the paper's baseline: a dense layer to a small map,
+    then blocks of (2x nearest upsampling, conv, Swish, conv, Swish), then a conv to RGB and a
+    sigmoid into [0, 1]. The default channels mirror the shapes32 EBM's (many channels at low
+    resolution, few at full): 0.13M parameters against its 0.15M."""
+
+    def __init__(self, cfg: GeneratorConfig):
+        super().__init__()
+        self.cfg = cfg
+        ch, self.start = list(cfg.channels), cfg.image_size >> len(cfg.channels)
+        self.dense = nn.Linear(cfg.cond_dim, ch[0] * self.start ** 2)
+        self.blocks = nn.ModuleList(nn.Sequential(nn.Upsample(scale_factor=2), nn.Conv2d(a, b, 3, padding=1), nn.SiLU(),
+                                                  nn.Conv2d(b, b, 3, padding=1), nn.SiLU())
+                                    for a, b in zip(ch, ch[1:] + ch[-1:]))
+        self.rgb = nn.Conv2d(ch[-1], 3, 3, padding=1)
+
+    def forward(self, c):
+        # c: (B, cond_dim) -> (B, 3, image_size, image_size) in [0, 1]
+        h = F.silu(self.dense(c)).view(len(c), -1, self.start, self.start)  # (B, C0, s, s)
+        for block in self.blocks:
+            h = block(h)  # (B, C_i, 2s, 2s) ...
+        return torch.sigmoid(self.rgb(h))
+
+
+def load_holistic(path):
+    """A trained Generator (eval mode, frozen) and its checkpoint. Not model.load_checkpoint:
+    a generator is no concept model, so model.py does not know it."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    args = dict(ckpt["model_args"])
+    if args.pop("kind") != "generator":
+        raise ValueError(f"{path} is not a holistic generator's checkpoint")
+    gen = Generator(GeneratorConfig(**args))
+    gen.load_state_dict(ckpt["model"])
+    return gen.eval().requires_grad_(False), ckpt
+
+
+def crossproduct_test(n=128, seed=701):
+    """n unseen combinations: positions (n, 2) outside the CROSS_TEST_CORNER square, sizes
+    (n, 1) below LARGE_SIZES, which the data of every fraction f <= 0.1 only has in its corner."""
+    g = torch.Generator().manual_seed(seed)
+    pos = 2 * torch.rand(4 * n, 2, generator=g) - 1  # (4n, 2), then keep n outside the corner
+    pos = pos[(pos < 1 - corner_side(CROSS_TEST_CORNER)).any(1)][:n]
+    size = SIZE_RANGE[0] + (LARGE_SIZES[0] - SIZE_RANGE[0]) * torch.rand(n, 1, generator=g)  # (n, 1)
+    return pos, size
+
+
+def train_holistic(ds, path, iters=600, batch=64, lr=2e-3, seed=0):
+    """The holistic baseline: (x, y, size) -> image, by MSE on the data ds; saved to path."""
+    torch.manual_seed(seed)
+    gen = Generator(GeneratorConfig(image_size=ds.x.shape[-1]))
+    opt = torch.optim.Adam(gen.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, iters, eta_min=lr / 20)
+    c = torch.cat([ds.labels["position"], ds.labels["size"]], 1)  # (N, 3)
+    t0 = time.time()
+    for it in range(1, iters + 1):
+        idx = torch.randint(len(ds), (batch,))
+        loss = F.mse_loss(gen(c[idx]), ds.batch(idx))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if it % 250 == 0:
+            print(f"[holistic] iter {it}/{iters} | mse {loss.item():.5f} | {time.time() - t0:.0f} s", flush=True)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    save_checkpoint({"model": gen.state_dict(), "model_args": {"kind": "generator", **asdict(gen.cfg)},
+                     "family": "holistic", "iters": iters}, path)
+    return gen
+
+
+def crossproduct_study(out_dir, n=128, figure="assets/crossproduct.png"):
+    """Size and position error, read by the judge, of generations at unseen combinations:
+    the composed EBMs (position & size, Langevin from noise) against the holistic generator,
+    for every fraction folder out_dir/f<f>/ (size.pt). The generators are kept apart from
+    the concept models, in out_dir/holistic/f<f>.pt, and trained where missing."""
+    judge, _ = load_judge()
+    pos, size = crossproduct_test(n)
+    position, _ = load_checkpoint(os.path.join(out_dir, "position.pt"))
+    truth = render_truth(pos, size)
+    large = render_truth(pos, torch.full_like(size, 0.65))  # what ignoring the asked size draws
+    rows = [("renders of the truth", None, truth), ("large spheres, asked place", None, large)]
+    pictures = [("truth", truth[:8])]
+    # f<fraction>/: the size EBM trained alone; f<fraction>-through/: trained through the frozen position EBM
+    folders = sorted((d for d in os.listdir(out_dir) if re.fullmatch(r"f[0-9.]+(-through)?", d)),
+                     key=lambda d: (float(d[1:].removesuffix("-through")), d))
+    if not folders:
+        raise FileNotFoundError(f"{out_dir} holds no fraction folder f<fraction>/ (see README: cross-product)")
+    for d in folders:
+        size_net, ckpt = load_checkpoint(os.path.join(out_dir, d, "size.pt"))
+        cfg, t0 = ckpt["config"], time.time()
+        expr = (Concept(position, "position", pos.tolist(), "position")
+                & Concept(size_net, "size", size.tolist(), "size"))  # one combination per sample
+        x_ebm = sample(expr, n, sampling_settings(cfg), seed=0)
+        f = float(d[1:].removesuffix("-through"))
+        rows.append((f"EBMs, {d}", f, x_ebm))
+        pictures.append((f"EBMs, {d}", x_ebm[:8]))
+        if not d.endswith("-through"):  # (a -through folder has the data of f<fraction>/, whose baseline is in)
+            path = os.path.join(out_dir, "holistic", f"{d}.pt")
+            if os.path.exists(path):
+                gen, _ = load_holistic(path)
+            else:
+                run = Config(**{k: v for k, v in cfg.items() if k in Config.__dataclass_fields__})
+                gen = train_holistic(dataset_for(run), path).eval()  # the size model's own training data
+            with torch.no_grad():
+                x_gen = gen(torch.cat([pos, size], 1))
+            rows.append((f"holistic, {d}", f, x_gen))
+            pictures.append((f"holistic, {d}", x_gen[:8]))
+        print(f"{d} done in {time.time() - t0:.0f} s", flush=True)
+    print(f"{'generator':<24} {'size error':>10} {'position error':>14}   ({n} unseen combinations)")
+    results = []
+    for name, f, x in rows:
+        p = predict(judge, x)
+        err = ((p["size"] - size[:, 0]).abs().mean().item(), position_error(p["position"], pos))
+        results.append((name, f, *err))
+        print(f"{name:<24} {err[0]:>10.3f} {err[1]:>14.3f}")
+    if figure:
+        plot_crossproduct(results, pictures, figure)
+    return results
+
+
+def render_truth(pos, size):
+    """Red spheres rendered at the test combinations: what a perfect generator draws."""
+    n = len(pos)
+    labels = {"shape": [SHAPES.index("sphere")] * n, "color": [COLORS["red"]] * n,
+              "size": size[:, 0].numpy(), "position": pos.numpy()}
+    return to_float(render_shapes(labels))  # (n, 3, 32, 32)
+
+
+def line_of(name):
+    """Which line of the plot a row of crossproduct_study belongs to."""
+    return "holistic" if name.startswith("holistic") else "through" if name.endswith("-through") else "EBMs"
+
+
+def plot_crossproduct(results, pictures, figure):
+    """Left: 8 generations per row; right: both errors against the fraction of positions."""
+    plt = pyplot()
+    fig = plt.figure(figsize=(11, 0.75 * len(pictures) + 0.5))
+    grid = fig.add_gridspec(len(pictures), 3, width_ratios=(2.2, 1, 1))
+    for i, (name, x) in enumerate(pictures):
+        ax = fig.add_subplot(grid[i, 0])
+        ax.imshow(image_grid(x, nrow=8))
+        ax.set_axis_off()
+        ax.set_title(name, fontsize=8, loc="left")
+    truth, large = results[:2]
+    for j, what in enumerate(("size error", "position error")):
+        ax = fig.add_subplot(grid[:, 1 + j])
+        for kind, label in (("EBMs", "composed EBMs"), ("through", "size learned through position"),
+                            ("holistic", "holistic (MSE)")):
+            pts = sorted((r[1], r[2 + j]) for r in results[2:] if line_of(r[0]) == kind)
+            if pts:
+                ax.plot(*zip(*pts), "o-", label=label)
+        ax.axhline(truth[2 + j], color="grey", ls="--", label="renders of the truth")
+        ax.axhline(large[2 + j], color="grey", ls=":", label="large spheres at the asked places")
+        ax.set_xscale("log")
+        ax.set_xlabel("share of positions with every size")
+        ax.set_title(f"{what} at unseen combinations", fontsize=9)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(figure, dpi=110)
+    print(f"wrote {figure}")
+
+
+# ----------------------------------------------------------------------------
+# the inference experiments (paper Table 1, Figures 9a and 10)
+
+REGRESSOR_PATH = "checkpoints/supervised/regressor.pt"  # the supervised position baseline of Table 1
+OOD_SETS = {"Color": "colors", "Light": "light", "Size": "sizes", "Type": "shape"}  # column -> data.make_shapes heldout
+
+
+def train_regressor(path=REGRESSOR_PATH):
+    """The supervised baseline of Table 1: the judge's network trained with MSE on position
+    alone, on the position EBM's training data (train.py's shapes defaults: 20,000, seed 0)."""
+    return train_judge(path, heads=("position",), data=dict(n=20_000, seed=0))
+
+
+def position_error(found, truth):
+    """Mean absolute error of positions (N, 2), over both coordinates."""
+    return (found - truth).abs().mean().item()
+
+
+def load_position_model(path):
+    """A position EBM for the inference experiments; another family is a clear error."""
+    net, ckpt = load_checkpoint(path)
+    if ckpt["family"] != "position":
+        raise ValueError(f"{path} is a model of {ckpt['family']!r}; the inference experiments need position models")
+    return net, ckpt
+
+
+def ood_table(models, regressor_path=REGRESSOR_PATH, n=256, seed=301):
+    """Position error of each EBM (argmin of E(x | position)) and of the supervised regressor on
+    renders that change one factor never seen in training: unseen colors, an unseen light
+    (over a sky and ground), unseen sizes, an unseen shape (cone). Prints the table and, last,
+    `ebm_avg X regressor_avg Y` (the first EBM, averaged over the four changed sets)."""
+    regressor, _ = load_judge(regressor_path)
+    ebms = [load_position_model(p) for p in models]
+    names = [f"EBM, {ck['config']['steps']} steps" for _, ck in ebms] + ["regressor (MSE)"]
+    rows = {}
+    for column, heldout in [("Train", None)] + list(OOD_SETS.items()):
+        ds = load_dataset("shapes", n=n, seed=seed, heldout=heldout)
+        truth = ds.labels["position"]
+        rows[column] = [position_error(infer(net, ck, ds.x), truth) for net, ck in ebms]
+        rows[column].append(position_error(predict(regressor, ds.x)["position"], truth))
+        print(f"  {column}: " + "  ".join(f"{e:.3f}" for e in rows[column]), flush=True)
+    avg = [float(np.mean([rows[c][i] for c in OOD_SETS])) for i in range(len(names))]
+    print(f"\nmean absolute position error ({n} renders per set; positions in [-1, 1]; Train: like the training data)")
+    print(f"| model | {' | '.join(['Train', *OOD_SETS])} | OOD average |")
+    print("|---" * (len(OOD_SETS) + 3) + "|")
+    for i, name in enumerate(names):
+        print(f"| {name} | " + " | ".join(f"{rows[c][i]:.3f}" for c in rows) + f" | {avg[i]:.3f} |")
+    print(f"ebm_avg {avg[0]:.3f} regressor_avg {avg[-1]:.3f}")
+    return rows, avg
+
+
+def render_views(n_scenes, n_views, seed, scene="ground", clutter=1):
+    """n_scenes objects, each seen n_views times under a different light and different clutter:
+    (S, K, 3, H, W) images and the (S, 2) positions."""
+    rng = np.random.default_rng(seed)
+    labels = {"shape": rng.integers(0, len(SHAPES), n_scenes), "size": rng.uniform(*SIZE_RANGE, n_scenes),
+              "color": np.array(list(COLORS.values()))[rng.integers(0, len(COLORS), n_scenes)],
+              "position": rng.uniform(*POSITION_RANGE, (n_scenes, 2))}
+    views = [render_shapes(labels, 32, scene, clutter, seed=seed + 1 + k) for k in range(n_views)]  # K x (S, H, W, 3)
+    return to_float(np.stack(views, 1)), torch.from_numpy(labels["position"]).float()  # (S, K, 3, H, W), (S, 2)
+
+
+def views_table(model, n_scenes=64, max_views=8, seed=401, figure="assets/infer_views.png"):
+    """Position error against the number of views combined (eq. 12), Figure 9a's analog."""
+    net, ckpt = load_position_model(model)
+    x, truth = render_views(n_scenes, max_views, seed)
+    values = candidate_values(ckpt, 21)
+    e = energies_over(net, x.flatten(0, 1), values).view(n_scenes, max_views, -1)  # (S, K, V): once for every k
+    errors = []
+    for k in range(1, max_views + 1):  # the first k views of every scene: infer's grid, then refine
+        start = values[e[:, :k].sum(1).argmin(1)]  # (S, 2)
+        errors.append(position_error(refine(net, ckpt, x[:, :k], start), truth))
+        print(f"{k} view(s): mean absolute position error {errors[-1]:.3f}", flush=True)
+    plt = pyplot()
+    fig, ax = plt.subplots(1, 2, figsize=(7, 3), gridspec_kw={"width_ratios": [1.3, 1]})
+    rows = x[0].reshape(2, max_views // 2, 3, 32, 32).permute(0, 3, 1, 4, 2)  # (2, H, K/2, W, 3)
+    ax[0].imshow(rows.reshape(64, -1, 3).numpy())
+    ax[0].set_title("the views of one object", fontsize=8)
+    ax[0].axis("off")
+    ax[1].plot(range(1, max_views + 1), errors, "o-")
+    ax[1].set(xlabel="views", ylabel="position error", ylim=(0, None))
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(figure) or ".", exist_ok=True)
+    fig.savefig(figure, dpi=100)
+    plt.close(fig)
+    print(f"wrote {figure}")
+    print(f"views_1 {errors[0]:.3f} views_{max_views} {errors[-1]:.3f}")
+    return errors
+
+
+TWO_OBJECTS_APART = 1.0  # objects of size 0.3-0.4 reach 0.4-0.5 from their centres: 1.0 apart, they do not touch
+
+
+def two_object_images(n, seed, min_apart=TWO_OBJECTS_APART):
+    """n images of two objects at least min_apart apart on the grey background: (N, 3, H, W), (N, 2, 2)."""
+    rng = np.random.default_rng(seed)
+    pos = rng.uniform(*POSITION_RANGE, (8 * n, 2, 2))
+    pos = pos[np.linalg.norm(pos[:, 0] - pos[:, 1], axis=1) >= min_apart][:n]  # (n, 2, 2)
+    layers = []
+    for k in range(2):
+        labels = {"shape": rng.integers(0, len(SHAPES), n), "size": rng.uniform(0.3, 0.4, n),
+                  "color": np.array(list(COLORS.values()))[rng.integers(0, len(COLORS), n)], "position": pos[:, k]}
+        layers.append(to_float(render_shapes(labels, 32, seed=seed)))  # (n, 3, H, W)
+    drawn = (layers[1] - 0.5).abs().amax(1, keepdim=True) > 0.02  # (n, 1, H, W): the second object's pixels
+    return torch.where(drawn, layers[1], layers[0]).contiguous(), torch.from_numpy(pos).float()
+
+
+def objects_table(model, n=128, seed=501, figure="assets/infer_two_objects.png"):
+    """Figure 10's analog: the single-object position model's energy map over an image of two
+    objects; recovered when its two lowest local minima lie within POSITION_TOL of the two
+    objects (one minimum each)."""
+    net, _ = load_position_model(model)
+    x, pos = two_object_images(n, seed)
+    found = []
+    for i, (img, p) in enumerate(zip(x, pos.numpy())):
+        e, _, minima = energy_map(net, img)
+        m = np.array(minima[:2])  # (2, 2): the two lowest minima, if there are two
+        found.append(len(m) == 2 and any(np.hypot(*(m - p[list(order)]).T).max() <= POSITION_TOL
+                                         for order in ((0, 1), (1, 0))))
+        if i == 0:
+            save_energy_map(img, e, minima, figure, f"two objects; lowest minima {np.round(m, 2).tolist()}")
+    rate = float(np.mean(found))
+    print(f"wrote {figure}")
+    print(f"two-object recovery {rate:.3f} ({sum(found)} of {n} images: both objects within {POSITION_TOL} "
+          f"of the two lowest minima)")
+    return rate
+
+
+# ----------------------------------------------------------------------------
+# samplers and partition functions (paper appendix A.6) on toy2d
+
+# Disjunctions of toy2d whose terms have different partition functions (and one whose do not)
+TOY2D_DISJUNCTIONS = ["top | right", "inner | (bottom & left)", "outer | (top & right & inner)",
+                      "(top & left) | bottom", "(top & ~right) | (bottom & right & outer)"]
+
+
+def toy2d_sets(ckpt_dir):
+    """(name, concepts, settings): the exact energies, and the models trained in ckpt_dir."""
+    sets = [("exact", exact_toy2d_concepts(), exact_toy2d_settings())]
+    if not os.path.isdir(ckpt_dir):
+        print(f"({ckpt_dir} does not exist: run python train.py --dataset toy2d for the trained rows)")
+        return sets
+    trained = load_concepts(ckpt_dir)
+    return sets + [("trained", trained, sampling_settings(next(iter(trained.values())).config, steps=300))]
+
+
+def seed_quality(expr, settings, seeds):
+    """2000 samples per seed: (median mode TV, worst precision) over the seeds."""
+    qs = [toy2d_quality(sample(expr, 2000, settings, seed=seed), expr) for seed in seeds]
+    return statistics.median(q["mode_tv"] for q in qs), min(q["precision"] for q in qs)
+
+
+def sampler_study(ckpt_dir="out-toy2d", shapes_dir="checkpoints/shapes", seeds=(0, 1, 2)):
+    """ULA, MALA and HMC (5 leapfrog steps) at equal numbers of gradient evaluations (300 on
+    toy2d, annealed from T = 20 with resampling; 200 on shapes, the cold image sampler):
+    median over seeds of each row's mode TV, the worst precision, and the time."""
+    methods = [("ula", {}), ("mala", {}), ("hmc", {"leapfrog": 5})]
+    print(f"{'energies':<8} {'sampler':<7} {'mode TV by expression (median of 3 seeds)':<58} "
+          f"{'median':>6} {'min prec':>8} {'time':>7}")
+    for name, concepts, settings in toy2d_sets(ckpt_dir):
+        exprs = [parse(t, concepts) for t in TOY2D_SUITE]
+        for method, kw in methods:
+            s, t0 = dict(settings, method=method, **kw), time.time()
+            tvs, precs = zip(*(seed_quality(expr, s, seeds) for expr in exprs))
+            print(f"{name:<8} {method:<7} {' '.join(f'{v:.3f}' for v in tvs):<58} {statistics.median(tvs):>6.3f} "
+                  f"{min(precs):>8.3f} {time.time() - t0:>6.0f}s", flush=True)
+    print(f"(expressions: {', '.join(TOY2D_SUITE)})")
+    concepts, judge = load_concepts(shapes_dir), load_judge()[0]
+    for text in ("green", "cube & red & size=0.6"):
+        expr = parse(text, concepts)
+        for method, kw in methods:
+            t0 = time.time()
+            x = sample(expr, 128, sampling_settings(concepts["red"].config, method=method, **kw))
+            print(f"shapes  {method:<7} {text:<30} judge accuracy {score(expr, x, judge)[0]:.3f} "
+                  f"{time.time() - t0:>6.0f}s", flush=True)
+
+
+def tempered_concepts(trained, figure):
+    """Draw the energies each trained toy2d model gives its own data (a histogram per model) to
+    `figure`, and return the models with a per-model temperature that aligns their spreads:
+    every energy divided by T_m = its data spread / the median spread."""
+    plt, ds, spread = pyplot(), make_toy2d(20_000, seed=123), {}
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    for name, c in trained.items():
+        mine = ds.x[ds.labels[c.family] == c.value]  # (n, 2) the concept's own data
+        with torch.no_grad():
+            e = c(mine)  # (n,)
+        spread[name] = e.std().item()
+        ax.hist(e.numpy(), bins=60, histtype="step", label=f"{name} (mean {e.mean():.2f}, std {e.std():.2f})")
+    ax.set_xlabel("E(x | c) on the concept's own data")
+    ax.legend(fontsize=7)
+    os.makedirs(os.path.dirname(figure), exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(figure, dpi=100)
+    print(f"wrote {figure}")
+    ref = statistics.median(spread.values())
+    return {n: Concept(lambda x, v, m=c.model, t=spread[n] / ref: m(x, v) / t, c.family, c.value, n,
+                       c.data_energy * ref / spread[n]) for n, c in trained.items()}
+
+
+def partition_study(ckpt_dir="out-toy2d", figure="assets/toy2d_energy_hist.png", seeds=(0, 1, 2)):
+    """Appendix A.6 on toy2d: the energies each trained model gives its own data (a figure), a
+    per-model temperature that aligns their spreads, and disjunctions before and after
+    weighting every disjunct by its partition function (quadrature; AIS for comparison)."""
+    sets = toy2d_sets(ckpt_dir)
+    if len(sets) == 2:  # trained models: also their tempered versions
+        sets.append(("tempered", tempered_concepts(sets[1][1], figure), sets[1][2]))
+    print(f"{'energies':<9} {'expression':<42} {'ULA':>6} {'MALA':>6} {'ULA, balanced':>13} "
+          f"{'MALA, balanced':>14} {'(log Z by AIS)':>14}   log Z of the terms")
+
+    def tv(expr, settings, method):
+        return seed_quality(expr, dict(settings, method=method), seeds)[0]
+
+    for name, concepts, settings in sets:
+        for text in TOY2D_DISJUNCTIONS:
+            expr = parse(text, concepts)
+            plain = [tv(expr, settings, m) for m in ("ula", "mala")]
+            balance(expr, settings)
+            log_z = list(expr.log_z)
+            bal = [tv(expr, settings, m) for m in ("ula", "mala")]
+            expr.log_z = [log_partition(t, settings, ais=True) for t in expr.terms]
+            ais = tv(expr, settings, "mala")
+            print(f"{name:<9} {text:<42} {plain[0]:>6.3f} {plain[1]:>6.3f} {bal[0]:>13.3f} {bal[1]:>14.3f} "
+                  f"{ais:>14.3f}   {', '.join(f'{z:.2f}' for z in log_z)}", flush=True)
+
+
+# ----------------------------------------------------------------------------
+# the command line
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)
+    sub = p.add_subparsers(dest="name", required=True, metavar="NAME")
+
+    def command(name, what):
+        return sub.add_parser(name, help=what, description=what, allow_abbrev=False)
+
+    s = command("continual", "continual learning: compositions never seen together, judged (paper 3.3)")
+    s.add_argument("--ckpt_dir", required=True, help="the continual-learning concept models")
+    s.add_argument("--steps", type=int, default=None, help="Langevin steps (default: the models' own)")
+    command("crossproduct", "composed EBMs against a holistic generator (paper 3.4)").add_argument(
+        "--ckpt_dir", required=True, help="DIR/position.pt and DIR/f<fraction>/size.pt")
+    command("regressor", "train the supervised position baseline of Table 1")
+    for name, what in (("ood", "Table 1: position error out of distribution"),
+                       ("views", "Figure 9a: error against the number of views"),
+                       ("objects", "Figure 10: two objects, two minima")):
+        command(name, what).add_argument("--models", nargs="+", default=["checkpoints/shapes/position.pt"],
+                                         help="the position EBM(s) (ood: one column each, the first is ebm_avg)")
+    for name, what in (("partition", "partition functions and disjunctions (A.6)"),
+                       ("samplers", "ULA, MALA and HMC at equal cost")):
+        command(name, what).add_argument("--ckpt_dir", default="out-toy2d", help="the trained toy2d models")
+    args = p.parse_args(argv)
+    os.chdir(os.path.dirname(os.path.abspath(__file__)))  # default paths and assets/ are the repository's
+    for path in getattr(args, "models", []):
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"position model {path} does not exist")
+    run = {"continual": lambda: continual_study(args.ckpt_dir, args.steps),
+           "crossproduct": lambda: crossproduct_study(args.ckpt_dir), "regressor": train_regressor,
+           "ood": lambda: ood_table(args.models), "views": lambda: views_table(args.models[0]),
+           "objects": lambda: objects_table(args.models[0]),
+           "partition": lambda: partition_study(args.ckpt_dir), "samplers": lambda: sampler_study(args.ckpt_dir)}
+    run[args.name]()
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (ValueError, FileNotFoundError) as e:
+        sys.exit(f"error: {e}")
