@@ -9,6 +9,9 @@
                                    # per expression, next to the judge's score on noise; a figure
     python bench.py --curve out-shapes            # accuracy against training time, from the
                                    # snapshots train.py keeps for image data
+    python bench.py --device cuda  # the speed table on a GPU (every network at batch 128)
+    python bench.py --gpu_check    # on a GPU machine: the suite, the speed table, resume, NCCL and a
+                                   # short training, each checked in its own process (< 10 minutes)
 
 Timings are medians over repeats, and every ratio is taken against a baseline
 measured in the same run, on the same machine, at the same moment. The paper's
@@ -30,7 +33,7 @@ import time
 import torch
 
 from compose import (TOY2D_SUITE, Concept, image_grid, load_concepts, parse, pyplot, sample, sampling_settings,
-                     toy2d_quality)
+                     toy2d_quality, toy2d_table)
 from data import TOY2D_FAMILIES, TOY2D_STD, Dataset, load_dataset, toy2d_modes
 from infer import load_judge, predict, reads_as, score
 from model import IMAGE_PRESETS, build_model, load_checkpoint
@@ -39,12 +42,16 @@ from train import dataset_for, parse_config, train_concept
 
 
 def median_time(fn, repeats, warmup=3):
+    """Median seconds of fn(); on a GPU the clock stops only when its queued kernels are done."""
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
     for _ in range(warmup):
         fn()
     times = []
     for _ in range(repeats):
+        sync()
         t0 = time.perf_counter()
         fn()
+        sync()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
 
@@ -58,7 +65,7 @@ SAMPLER_CASES = {
 }
 
 
-def bench_langevin_speed(case, repeats=5):
+def bench_langevin_speed(case, repeats=5, device="cpu", batch=None):
     """Seconds per Langevin step for one network: our sampler, a bare forward + input-gradient
     pass of the same network (the floor), and the naive loop of common tutorials.
 
@@ -67,12 +74,13 @@ def bench_langevin_speed(case, repeats=5):
     naive: x.requires_grad_(), E.sum().backward() with parameter gradients on (computed and
            accumulated every step, then thrown away), W / sigma every step, NCHW
     Both run in training mode, as the sampler does inside train.py."""
-    (kind, args), shape, batch, steps = SAMPLER_CASES[case]
+    (kind, args), shape, case_batch, steps = SAMPLER_CASES[case]
+    batch = batch or case_batch
     torch.manual_seed(0)
-    net = build_model(kind, **args)
+    net = build_model(kind, **args).to(device)
     image = kind == "image"
-    x0 = torch.rand(batch, *shape)
-    c = torch.randint(0, args["n_values"], (batch,))
+    x0 = torch.rand(batch, *shape, device=device)
+    c = torch.randint(0, args["n_values"], (batch,), device=device)
     lo, hi, step, clip = (0.0, 1.0, 20.0, 0.01) if image else (-3.0, 3.0, 0.01, 40.0)
 
     def bare():
@@ -123,13 +131,15 @@ TRAIN_CASES = {  # train.py arguments, and the two run lengths timed
 }
 
 
-def bench_train(case, repeats=3):
+def bench_train(case, repeats=3, device="cpu", batch=None):
     """Seconds per training iteration of train.py's loop: runs of n0 and n1 iterations, their
     difference divided by n1 - n0 (which cancels the start-up and the final checkpoint);
     the median of `repeats`."""
     argv, iters = TRAIN_CASES[case]
     argv = argv + ["--buffer_size", "256", "--log_interval", "100000", "--snapshots", "false",
-                   "--sample_interval", "100000", "--ckpt_interval", "100000"]
+                   "--sample_interval", "100000", "--ckpt_interval", "100000"] + (["--batch_size", str(batch)] if batch else [])
+    if device != "cpu":  # a GPU needs longer runs to time: its iterations take milliseconds
+        iters = (iters[0] * 10, iters[1] * 10)
     with tempfile.TemporaryDirectory() as tmp:
         cfg = parse_config(argv + ["--out_dir", tmp, "--cache_dir", os.path.join(tmp, "data")])
         if cfg.dataset == "celeba":  # no CelebA here: random faces, same shapes and dtype
@@ -146,32 +156,36 @@ def bench_train(case, repeats=3):
                 cfg.max_iters = n
                 t0 = time.perf_counter()
                 with contextlib.redirect_stdout(io.StringIO()):
-                    train_concept(cfg, ds, cfg.concept, torch.device("cpu"))
+                    train_concept(cfg, ds, cfg.concept, torch.device(device))
                 times.append(time.perf_counter() - t0)
                 os.remove(os.path.join(tmp, f"{cfg.concept}.pt"))
             per_iter.append((times[1] - times[0]) / (iters[1] - iters[0]))
     return statistics.median(per_iter), cfg
 
 
-def bench_speed(repeats=5):
+GPU_BATCH = 128  # on a GPU every network is timed at batch 128: a step costs about the same up to 512
+
+
+def bench_speed(repeats=5, device="cpu"):
     """The speed table: sampler throughput ours vs naive, training iterations per second,
     the share of a sampler step spent outside the network; last, the smallest speedup
     over the image presets (the toy MLP is listed, not counted: a tiny MLP's step is
     mostly Python, which no sampler can remove)."""
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, cpu")
-    head = (f"{'network':<10} {'batch':>5} {'ours ms/step':>12} {'naive ms/step':>13} {'speedup':>8} "
-            f"{'samples*steps/s':>15} {'outside net':>11} {'train it/s':>10}  training run")
-    print(head)
+    gpu = device != "cpu"
+    print(f"torch {torch.__version__}, " + (torch.cuda.get_device_name() if gpu else f"{torch.get_num_threads()} threads, cpu"))
+    print(f"{'network':<10} {'batch':>5} {'ours ms/step':>12} {'naive ms/step':>13} {'speedup':>8} "
+          f"{'samples*steps/s':>15} {'outside net':>11} {'train it/s':>10}  training run")
     speedups = []
     for case in SAMPLER_CASES:
-        s = bench_langevin_speed(case, repeats)
-        sec, cfg = bench_train(case)
-        batch = SAMPLER_CASES[case][2]
+        if gpu and case == "toy2d mlp":  # 2D models train on the CPU (train.py)
+            continue
+        s = bench_langevin_speed(case, repeats, device, GPU_BATCH if gpu else None)
+        sec, cfg = bench_train(case, device=device, batch=GPU_BATCH if gpu else None)
+        batch = GPU_BATCH if gpu else SAMPLER_CASES[case][2]
         print(f"{case:<10} {batch:>5} {s['ours'] * 1e3:>12.1f} {s['naive'] * 1e3:>13.1f} {s['speedup']:>7.2f}x "
               f"{s['samples/s']:>15.0f} {s['outside']:>10.0%} {1 / sec:>10.2f}  "
               f"batch {cfg.batch_size}, {cfg.steps} steps", flush=True)
-        if case != "toy2d mlp":
-            speedups.append(s["speedup"])
+        speedups += [s["speedup"]] if case != "toy2d mlp" else []
     print(f"sampler speedup {min(speedups):.2f}x")
 
 
@@ -209,8 +223,18 @@ def bench_sampler_on_exact_energies(steps=300, anneal=20.0):
         print(f"{text:<26} {q['precision']:>9.3f} {q['mode_tv']:>8.3f}")
 
 
+# toy2d targets: every composition, standard or not, at precision >= 0.95 and mode TV <= 0.06
+# (median of the runs), and no run above 0.10; the quick start itself at most 90 s
+TOY2D_TARGETS = {"precision": 0.95, "mode_tv": 0.06, "worst_tv": 0.10, "seconds": 90}
+# compositions the standard suite does not list, as a new user would try them
+TOY2D_MORE = ["left & ~inner", "(right & outer) | (left & inner)", "bottom & ~left & ~outer", "inner | top",
+              "(top | left) & outer"]
+
+
 def bench_toy2d(runs):
-    """Train toy2d `runs` times from scratch; median wall time and median quality figures."""
+    """Train toy2d `runs` times from scratch (train.py as a user runs it: the time includes its
+    report); then sample the standard suite and TOY2D_MORE from each run's models. Medians, the
+    worst run, and the targets."""
     times, figures = [], {}
     for r in range(runs):
         out = f"out-bench-toy2d-{r}"
@@ -220,24 +244,29 @@ def bench_toy2d(runs):
         times.append(time.time() - t0)
         if p.returncode:
             sys.exit(f"training run {r} failed:\n{p.stderr}")
-        for line in p.stdout.splitlines():
-            m = re.match(r"(.+?)\s+(\d\.\d+)\s+(\d\.\d+)\s+>=", line)
-            if m:
-                figures.setdefault(m.group(1), []).append((float(m.group(2)), float(m.group(3))))
+        concepts = load_concepts(out)
+        settings = sampling_settings(next(iter(concepts.values())).config)
+        rows, _ = toy2d_table(concepts, settings, suite=TOY2D_SUITE + TOY2D_MORE)
+        for text, precision, tv, _, _ in rows:
+            figures.setdefault(text, []).append((precision, tv))
         print(f"run {r}: {times[-1]:.1f} s", flush=True)
+    t = TOY2D_TARGETS
     print(f"\npython train.py --dataset toy2d: median {statistics.median(times):.1f} s over {runs} runs "
-          f"({', '.join(f'{t:.1f}' for t in times)})")
-    print(f"{'expression':<26} {'precision (median, min)':>24} {'mode TV (median, max)':>22}")
+          f"({', '.join(f'{s:.1f}' for s in times)}); target <= {t['seconds']} s")
+    print(f"{'expression':<34} {'precision (median, min)':>24} {'mode TV (median, max)':>22}  target")
     for expr, vals in figures.items():
         p, tv = [v[0] for v in vals], [v[1] for v in vals]
-        print(f"{expr:<26} {statistics.median(p):>15.3f} {min(p):>8.3f} {statistics.median(tv):>14.3f} {max(tv):>7.3f}")
+        ok = statistics.median(p) >= t["precision"] and statistics.median(tv) <= t["mode_tv"] and max(tv) <= t["worst_tv"]
+        print(f"{expr:<34} {statistics.median(p):>15.3f} {min(p):>8.3f} {statistics.median(tv):>14.3f} {max(tv):>7.3f}"
+              f"  {'met' if ok else 'MISSED'}{'' if expr in TOY2D_SUITE else ' (not in the suite)'}")
+    print(f"targets: precision >= {t['precision']}, mode TV <= {t['mode_tv']} (median), every run <= {t['worst_tv']}")
 
 
 # Figure 3(b) analog: one more concept per row; then the other operators and two objects (Figure 5)
 SHAPES_SUITE = ["cube", "cube & red", "cube & red & size=0.6", "cube & red & size=0.6 & position=(0.5,-0.3)",
                 "green", "size=0.65", "position=(-0.5,-0.5)", "sphere & blue", "sphere & ~red", "red | blue",
                 "position=(-0.6,-0.6) & position=(0.6,0.6)", "position=(0,0) & position=(0.1,0)"]
-SHAPES_TARGETS = {1: 0.90, 2: 0.75, 3: 0.60, 4: 0.50}  # by number of concepts (the issue's)
+SHAPES_TARGETS = {1: 0.90, 2: 0.75, 3: 0.60, 4: 0.50}  # by number of concepts
 
 
 def n_concepts(text):
@@ -247,7 +276,7 @@ def n_concepts(text):
 
 def bench_shapes(ckpt_dir, n=256, figure="assets/shapes_compose.png", steps=None, suite=SHAPES_SUITE, target=None):
     """Sample every expression of `suite`, judge it, print the table, draw 8 samples per row.
-    target: one accuracy target for every row (default: the issue's, by number of concepts)."""
+    target: one accuracy target for every row (default: SHAPES_TARGETS, by number of concepts)."""
     concepts = load_concepts(ckpt_dir)
     settings = sampling_settings(next(iter(concepts.values())).config, steps=steps)
     judge, _ = load_judge()
@@ -300,6 +329,37 @@ def bench_curve(out_dir, n=128, steps=None, every=500):
         print(f"{os.path.basename(path):<28} {ckpt['elapsed'] / 60:>7.1f} {ok.float().mean().item():>8.3f}", flush=True)
 
 
+def gpu_check():
+    """One command for a machine with a GPU: each check runs as its own process, and prints its
+    command, exit status, time and the tail of its output. Paste the whole output in a note."""
+    if not torch.cuda.is_available():
+        sys.exit("error: --gpu_check needs a CUDA GPU, and none is visible")
+    out = tempfile.mkdtemp(prefix="gpu-check-")
+    shapes = ["train.py", "--dataset", "shapes", "--concept", "color", "--device", "cuda", "--n_data", "2000",
+              "--cache_dir", f"{out}/data", "--batch_size", "128", "--log_interval", "100"]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1"]
+    checks = [
+        ("the test suite", [sys.executable, "-m", "pytest", "-q", "test_all.py"], 330, 6),
+        ("the speed table", [sys.executable, "bench.py", "--device", "cuda"], 100, 8),
+        ("a run to resume", [sys.executable, *shapes, "--out_dir", f"{out}/resume", "--max_iters", "200",
+                             "--ckpt_interval", "100"], 45, 2),
+        ("resume on CUDA", [sys.executable, *shapes, "--out_dir", f"{out}/resume", "--max_iters", "300",
+                            "--resume"], 45, 3),
+        ("torchrun, NCCL, 1 process", [*torchrun, *shapes, "--out_dir", f"{out}/nccl", "--max_iters", "200"], 45, 2),
+        ("a short shapes training", [sys.executable, *shapes, "--out_dir", f"{out}/train", "--max_iters", "1000",
+                                     "--log_interval", "250"], 90, 5),
+    ]
+    for name, cmd, limit, tail in checks:
+        t0 = time.time()
+        try:
+            p = subprocess.run(cmd, capture_output=True, text=True, timeout=limit)
+            code, text = p.returncode, (p.stdout + p.stderr).strip()
+        except subprocess.TimeoutExpired as e:
+            code, text = "timeout", ((e.stdout or b"").decode() + (e.stderr or b"").decode()).strip()
+        print(f"== {name}: {' '.join(cmd)}\n   exit {code} after {time.time() - t0:.0f} s", flush=True)
+        print("\n".join("   " + line for line in text.splitlines()[-tail:]), flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)
     ap.add_argument("--toy2d", type=int, default=0, metavar="RUNS", help="train toy2d RUNS times")
@@ -307,6 +367,9 @@ def main():
     ap.add_argument("--curve", metavar="OUT_DIR", help="accuracy against training time of a shapes run")
     ap.add_argument("--every", type=int, default=500, help="--curve: judge every EVERY-th iteration's snapshot")
     ap.add_argument("--steps", type=int, default=None, help="Langevin steps for --shapes / --curve")
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="the speed table on this device")
+    ap.add_argument("--gpu_check", action="store_true", help="everything a GPU machine should check, in one "
+                    "command (under 10 minutes on one GPU): the suite, the speed table, resume, NCCL, training")
     # moved to experiments.py; still parsed, so that the old spellings say where they went
     ap.add_argument("--continual", metavar="CKPT_DIR", help="moved: python experiments.py continual --ckpt_dir DIR")
     ap.add_argument("--crossproduct", metavar="DIR", help="moved: python experiments.py crossproduct --ckpt_dir DIR")
@@ -331,6 +394,12 @@ def main():
     if args.toy2d:
         bench_toy2d(args.toy2d)
         return
+    if args.gpu_check:
+        return gpu_check()
+    if args.device == "cuda":
+        if not torch.cuda.is_available():
+            ap.error("--device cuda was asked for, but no CUDA GPU is visible")
+        return bench_speed(device="cuda")
     bench_sampler_on_exact_energies()
     bench_speed()
 

@@ -469,11 +469,11 @@ def exact_samples(expr, n, seed=0):
     return centres[mode] + TOY2D_STD * torch.randn(n, 2, generator=g)
 
 
-def toy2d_table(concepts, settings, n=2000, seed=0, plain_or=False):
-    """Sample each expression of the standard suite: rows (expr, precision, mode TV, and the same
-    two for exact samples: what a perfect sampler scores with n points), and the samples."""
+def toy2d_table(concepts, settings, n=2000, seed=0, plain_or=False, suite=TOY2D_SUITE):
+    """Sample each expression of the suite: rows (expr, precision, mode TV, and the same two
+    for exact samples: what a perfect sampler scores with n points), and the samples."""
     rows, samples = [], []
-    for text in TOY2D_SUITE:
+    for text in suite:
         expr = parse(text, concepts)
         x = sample(expr, n, weigh_disjunctions(expr, settings, plain_or), seed=seed)
         q, perfect = toy2d_quality(x, expr), toy2d_quality(exact_samples(expr, n, seed), expr)

@@ -1,14 +1,13 @@
 """Train concept EBMs by contrastive divergence with a replay buffer.
 
-    python train.py --dataset toy2d                  # one model per family, ~2.5 minutes on 2 CPU cores
-    python train.py --dataset toy2d --max_iters=300  # any setting of Config, as --key value or --key=value
+    python train.py --dataset toy2d                  # one model per family, about 1.5 minutes on 2 CPU cores
+    python train.py --dataset toy2d --max_iters=300  # any field of Config, as --key value or --key=value
     python train.py --dataset toy2d --resume         # continue a stopped run from its checkpoints
     python train.py --dataset shapes --concept color --out_dir out-shapes   # one image concept model
     python train.py --dataset toy2d --concept ring --frozen out-a/vertical.pt   # learn through a frozen model
 
 One model is trained per concept family (`--concept vertical` trains just one,
-`--concept Smiling,Male` two)
-and written to `<out_dir>/<family>.pt`. Each iteration:
+`--concept Smiling,Male` two) and written to `<out_dir>/<family>.pt`. Each iteration:
   1. x+ (B, ...), c+ (B,): a batch of data and its family labels
   2. x- (B, ...), c-: chains drawn from the replay buffer, advanced by `steps`
      Langevin steps on E(. | c-), and written back. A share `reinit_prob` of them
@@ -17,28 +16,23 @@ and written to `<out_dir>/<family>.pt`. Each iteration:
      (Du & Mordatch 2019): pushes data energies down and sample energies up; the
      l2 term keeps energies near zero so they cannot drift without bound.
 With --frozen (continual learning, paper 3.3) the energy in steps 2 and 3 is the sum of
-the new model and the frozen ones, each under the chain's (or data point's) own label
-of its family: the new model learns only what the frozen ones do not already say.
-Why restart near the data: a chain stays in the mode it first falls into, so
-the buffer holds each mode in proportion to how many restarted chains reached
-it. Restarts from uniform noise reach modes in proportion to their basins and
-leave the modes' depths, and so their probabilities, unbalanced; restarts near
-the data reach each mode in proportion to its data, and the l2 term then pulls
-every mode to the same depth. (`--reinit_from_data 0` restarts from noise, as
-in the paper.)
-Adam with beta1 = 0, as in the paper, with a cosine decay of the learning rate.
-Checkpoints are written atomically every
-`ckpt_interval` iterations, so a killed run loses at most that many steps.
-Several families train side by side in single-threaded processes on a CPU
-(`--workers`): these small models are bound by Python overhead, not arithmetic.
-For toy2d the run ends with a figure of every concept's energy and of samples
-of the standard compositions (`<out_dir>/toy2d.png`) and their quality table.
-For images (`shapes`) the defaults change (DATASET_DEFAULTS): a cold sampler with
-large clipped steps, as in the paper's code, and half the restarts from a real
-image of ANY concept value (`--reinit_any`), which the chain must turn into its
-own value; a grid of the chains is written to `<out_dir>/<family>_samples.png`
-and the weights of every checkpoint are kept in `<out_dir>/snapshots/` so that
-quality can be measured against training time (`python bench.py --curve DIR`).
+the new model and the frozen ones, each under the chain's own label of its family:
+the new model learns only what the frozen ones do not already say.
+
+Why restart near the data: a chain stays in the mode it first falls into, so the
+buffer holds each mode in proportion to how many restarted chains reached it.
+Restarts from uniform noise (`--reinit_from_data 0`, the paper's) reach modes in
+proportion to their basins; restarts near the data reach each mode in proportion
+to its data, and the l2 term then pulls every mode to the same depth.
+Adam with beta1 = 0, as in the paper, and a cosine decay of the learning rate.
+Checkpoints are written atomically every `ckpt_interval` iterations; `--resume`
+continues from them on any device. Small 2D models train side by side in
+single-threaded processes (`--workers`): they are bound by Python, not arithmetic.
+toy2d runs end with a figure (`<out_dir>/toy2d.png`) and the quality table of the
+standard compositions. Images change the defaults (DATASET_DEFAULTS): a cold sampler
+with large clipped steps, as in the paper's code; a grid of the chains goes to
+`<out_dir>/<family>_samples.png` and the weights of every checkpoint to
+`<out_dir>/snapshots/`, to measure quality against time (`python bench.py --curve DIR`).
 """
 import argparse
 import copy
@@ -220,7 +214,7 @@ def typical_data_energy(net, ds, c_data, family, device):
         return [torch.cat([net(ds.batch(i, device), c_data[i]) for i in g.split(256)]).mean().item() for g in groups]
 
 
-def load_run(path, device, raw, ema, opt, buffer, cfg, ds, log):
+def load_run(path, device, raw, ema, opt, buffer, cfg, ds, log, resumed=False):
     """Put a saved run back into raw, ema, opt and buffer; return its bookkeeping dict.
     A light snapshot (weights only) resumes too, with fresh chains and a fresh optimizer.
     The checkpoint may come from another device: everything is mapped onto this one."""
@@ -242,9 +236,14 @@ def load_run(path, device, raw, ema, opt, buffer, cfg, ds, log):
             torch.cuda.set_rng_state(ckpt["cuda_rng"].cpu(), device)
     else:  # only rank 0's random state is saved: the others draw a fresh stream
         torch.manual_seed(cfg.seed + rank + 7919 * ckpt["step"])
-    return {"step": ckpt["step"], "elapsed": ckpt["elapsed"],
-            "horizon": ckpt.get("lr_horizon", ckpt["config"]["max_iters"]),
-            "lr_scale": ckpt.get("lr_scale", 1.0), "rollbacks": ckpt.get("rollbacks", 0)}
+    run = {"step": ckpt["step"], "elapsed": ckpt["elapsed"], "family": ckpt["family"],
+           "horizon": ckpt.get("lr_horizon", ckpt["config"]["max_iters"]),
+           "lr_scale": ckpt.get("lr_scale", 1.0), "rollbacks": ckpt.get("rollbacks", 0)}
+    if resumed:
+        log(f"[{run['family']}] resumed from {path} at step {run['step']}" + (
+            f"; the learning rate keeps its schedule over {run['horizon']} iterations"
+            if run["horizon"] != cfg.max_iters else ""))
+    return run
 
 
 def save_run(path, cfg, ds, family, run, raw, ema, opt, buffer, data_energy):
@@ -278,141 +277,148 @@ def check_replicas(raw, family, log):
 ROLLBACKS = 3  # a run that diverges more often than this stops, keeping its last good checkpoint
 
 
-def train_concept(cfg, ds, family, device, iters_after=0):
-    """Train one concept model on `family`; iters_after: iterations still queued after it (for the ETA).
-    Under torchrun (DDP) every process runs this; rank 0 logs and writes."""
-    path = os.path.join(cfg.out_dir, f"{family}.pt")
-    ddp = dist.is_initialized()
-    rank = dist.get_rank() if ddp else 0
-    log = print if rank == 0 else (lambda *a, **k: None)
-    c_data = ds.labels[family].to(device)  # (N,) or (N, d)
+def build_run(cfg, ds, family, device):
+    """What a run trains: the network, the moving average of its weights (or None), Adam,
+    and the replay buffer, whose chains each remember the data point they took their
+    concepts from (so a chain has a label in every family, for --frozen)."""
     if device.type == "cuda" and ds.x.nbytes < 2**30:  # small data on the GPU once; CelebA's memory map stays
         ds.x = ds.x.to(device)
-    lo, hi = ds.data_range
-    raw = build_concept_model(cfg, ds, family).to(device)  # the network itself, whatever wraps it
+    raw = build_concept_model(cfg, ds, family).to(device)
     if ds.x.dim() == 4:  # faster convolutions on CPUs, and under bf16 on GPUs (model.ImageEnergy)
         raw = raw.to(memory_format=torch.channels_last)
-    # each chain remembers the data point it took its concepts from: its label for every family
-    buffer = ReplayBuffer(cfg.buffer_size, ds.x.shape[1:], (), torch.long, reinit_prob=cfg.reinit_prob, device=device)
-    frozen = load_frozen(cfg, ds, family, device)  # [(model, its family's labels (N, ...))]
-
-    def energy(x, i):  # the energy being trained at data points i's concepts: the new model plus the frozen ones
-        return raw(x, c_data[i]) + sum(f(x, labels[i]) for f, labels in frozen)
     # The weights of a CD-trained EBM oscillate: chains and model chase each other. Their
     # running average is a steadier energy for sampling from noise afterwards (as in ICD).
     ema = copy.deepcopy(raw).requires_grad_(False) if cfg.ema else None
     # on a GPU, fused Adam: one kernel for every parameter, not a dozen per tensor
     opt = torch.optim.Adam(raw.parameters(), lr=cfg.lr, betas=(0.0, 0.999), fused=device.type == "cuda")
+    buffer = ReplayBuffer(cfg.buffer_size, ds.x.shape[1:], (), torch.long, reinit_prob=cfg.reinit_prob, device=device)
+    return raw, ema, opt, buffer
+
+
+def ema_updater(raw, ema, decay):
+    """A function that moves the average towards the live weights: one multi-tensor kernel,
+    not one per tensor. state_dict tensors share storage with the modules (which the
+    optimizer updates in place); spectral norm's singular vectors are copied, not averaged."""
+    if ema is None:
+        return lambda: None
+    live, avg = raw.state_dict(), ema.state_dict()
+    mixed = [k for k in avg if not k.endswith(("._u", "._v"))]
+    copied = [k for k in avg if k.endswith(("._u", "._v"))]
+
+    def update():
+        with torch.no_grad():
+            torch._foreach_lerp_([avg[k] for k in mixed], [live[k] for k in mixed], 1 - decay)
+            torch._foreach_copy_([avg[k] for k in copied], [live[k] for k in copied])
+    return update
+
+
+def read_stats(stats, seen, world):
+    """The mean loss, E+ and E- since the last look, from their sums on the device (B,) (and,
+    under DDP, over every rank, so that all ranks take the same decisions)."""
+    if world > 1:
+        dist.all_reduce(stats)
+    means = (stats / (seen * world)).tolist()  # the one host synchronisation, at log and checkpoint steps
+    stats.zero_()
+    return means
+
+
+def train_concept(cfg, ds, family, device, iters_after=0):
+    """Train one concept model on `family`; iters_after: iterations still queued after it (for the ETA).
+    Under torchrun (DDP) every process runs this; rank 0 logs and writes."""
+    path = os.path.join(cfg.out_dir, f"{family}.pt")
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    log = print if rank == 0 else (lambda *a, **k: None)
+    c_data = ds.labels[family].to(device)  # (N,) or (N, d)
+    raw, ema, opt, buffer = build_run(cfg, ds, family, device)
+    frozen_energy = load_frozen(cfg, ds, family, device)  # (x (B, ...), data indices (B,)) -> (B,)
     run = {"step": 0, "elapsed": 0.0, "horizon": cfg.max_iters, "lr_scale": 1.0, "rollbacks": 0}
     if cfg.resume and os.path.exists(path):
-        run = load_run(path, device, raw, ema, opt, buffer, cfg, ds, log)
-        log(f"[{family}] resumed from {path} at step {run['step']}" + (
-            f"; the learning rate keeps its schedule over {run['horizon']} iterations"
-            if run["horizon"] != cfg.max_iters else ""))
+        run = load_run(path, device, raw, ema, opt, buffer, cfg, ds, log, resumed=True)
     if run["step"] >= cfg.max_iters:
-        log(f"[{family}] already trained ({run['step']} iterations)")
-        return
+        return log(f"[{family}] already trained ({run['step']} iterations)")
     # DDP: one replica per process, gradients averaged over processes in backward;
-    # wrapping broadcasts rank 0's weights, so every copy starts the same.
-    net = DDP(raw, device_ids=[device.index] if device.type == "cuda" else None) if ddp else raw
-    # (average, live) tensor pairs: state_dict tensors share storage with the modules,
-    # which the optimizer updates in place; spectral norm's singular vectors are copied
-    live, averaged = raw.state_dict(), ema.state_dict() if ema else {}
-    ema_avg = [(averaged[k], live[k]) for k in averaged if not k.endswith(("._u", "._v"))]
-    ema_copy = [(averaged[k], live[k]) for k in averaged if k.endswith(("._u", "._v"))]
+    # wrapping broadcasts rank 0's weights, so every copy starts the same
+    net = DDP(raw, device_ids=[device.index] if device.type == "cuda" else None) if world > 1 else raw
+    update_ema = ema_updater(raw, ema, cfg.ema)
     if cfg.compile:
         raw.compile()  # in place: DDP, Langevin and the state dict all see the same module
-    world = dist.get_world_size() if ddp else 1
     log(f"[{family}] {sum(p.numel() for p in raw.parameters()) / 1e6:.2f}M parameters on {device}, "
         f"batch {cfg.batch_size} x {world} process(es), {cfg.steps} Langevin steps, "
         f"iterations {run['step']} -> {cfg.max_iters}", flush=True)
-    # loss, E+, E- summed on the device since the last look: read only at log and checkpoint
-    # steps, so that the loop never waits on the GPU in between
-    stats, seen = torch.zeros(3, device=device), 0
-    t0, step0 = time.time(), run["step"]  # for the speed and the ETA
-    t_save = t0  # run["elapsed"] counts the seconds up to here
+    stats, seen = torch.zeros(3, device=device), 0  # loss, E+, E- summed on the device since the last look
+    t0, step0, t_save = time.time(), run["step"], time.time()  # speed, ETA; run["elapsed"] counts up to t_save
     while run["step"] < cfg.max_iters:
         idx = torch.randint(len(ds), (cfg.batch_size,), device=device)
-        x_pos = ds.batch(idx, device)  # (B, ...)
-        x_neg, i_neg, slots, _ = buffer.sample(restart_points(cfg, ds, idx, device), idx)  # (B, ...), (B,)
-        # 1-2. the chains advance by Langevin. The weights do not change during the chain:
-        # spectral norm's W / sigma is computed once. Langevin runs on the unwrapped network:
-        # its forwards must not trigger DDP's gradient sync
+        x_pos = ds.batch(idx, device)  # 1. (B, ...)
+        x_neg, i_neg, slots, _ = buffer.sample(restart_points(cfg, ds, idx, device), idx)  # 2. (B, ...), (B,)
+        # the weights do not change during the chain: spectral norm's W / sigma is computed once.
+        # Langevin runs on the unwrapped network: its forwards must not trigger DDP's gradient sync
         with torch.nn.utils.parametrize.cached():
-            x_neg = langevin(lambda x: energy(x, i_neg), x_neg, cfg.steps, cfg.step_size, cfg.noise_scale,
-                             clamp=(lo, hi), grad_clip=cfg.grad_clip)
+            x_neg = langevin(lambda x: raw(x, c_data[i_neg]) + frozen_energy(x, i_neg), x_neg, cfg.steps,
+                             cfg.step_size, cfg.noise_scale, clamp=ds.data_range, grad_clip=cfg.grad_clip)
         buffer.update(slots, x_neg, i_neg)
-        # 3. the loss, with one forward for both halves: under DDP, one forward per backward
-        e = net(torch.cat([x_pos, x_neg]), torch.cat([c_data[idx], c_data[i_neg]]))  # (2B,)
-        e_pos, e_neg = e[: cfg.batch_size], e[cfg.batch_size:]
-        if frozen:  # the energy being trained is the sum; the frozen part carries no gradient
-            with torch.no_grad():
-                f_pos = sum(f(x_pos, labels[idx]) for f, labels in frozen)
-                f_neg = sum(f(x_neg, labels[i_neg]) for f, labels in frozen)
-            e_pos, e_neg = e_pos + f_pos, e_neg + f_neg
+        # 3. one forward for both halves (DDP wants one forward per backward); frozen parts carry no gradient
+        e_pos, e_neg = net(torch.cat([x_pos, x_neg]), torch.cat([c_data[idx], c_data[i_neg]])).chunk(2)  # (B,) each
+        with torch.no_grad():
+            f_pos, f_neg = frozen_energy(x_pos, idx), frozen_energy(x_neg, i_neg)  # 0 without --frozen
+        e_pos, e_neg = e_pos + f_pos, e_neg + f_neg
         loss = e_pos.mean() - e_neg.mean() + cfg.l2 * (e_pos.pow(2).mean() + e_neg.pow(2).mean())
         opt.zero_grad(set_to_none=True)
         loss.backward()
         for group in opt.param_groups:
             group["lr"] = learning_rate(cfg, run["step"], run["horizon"], run["lr_scale"])
         opt.step()
-        with torch.no_grad():
-            if ema is not None:  # one multi-tensor kernel per list, not one per tensor
-                torch._foreach_lerp_([a for a, _ in ema_avg], [b for _, b in ema_avg], 1 - cfg.ema)
-                torch._foreach_copy_([a for a, _ in ema_copy], [b for _, b in ema_copy])
-            stats += torch.stack([loss.detach(), e_pos.mean().detach(), e_neg.mean().detach()])
-        run["step"] += 1
-        seen += 1
-        step = run["step"]
-        last = step == cfg.max_iters
+        update_ema()
+        stats += torch.stack([loss, e_pos.mean(), e_neg.mean()]).detach()
+        run["step"], seen = run["step"] + 1, seen + 1
+        step, last = run["step"], run["step"] == cfg.max_iters
         if not (step % cfg.log_interval == 0 or step % cfg.ckpt_interval == 0 or last):
-            continue
-        if ddp:  # every rank decides alike on the mean over ranks
-            dist.all_reduce(stats)
-            stats /= world
-        loss_m, e_pos_m, e_neg_m = (stats / seen).tolist()
-        stats.zero_()
-        seen = 0
+            continue  # no look at the numbers: the loop never waits on the GPU in between
+        (loss_m, e_pos_m, e_neg_m), seen = read_stats(stats, seen, world), 0
         if not math.isfinite(loss_m):
             raise RuntimeError(f"[{family}] loss is {loss_m} at step {step}: training diverged; "
                                f"try a smaller --lr or a larger --l2 (last checkpoint: {path})")
         if cfg.diverge_gap > 0 and e_pos_m - e_neg_m < -cfg.diverge_gap and os.path.exists(path):
-            # the data's energy runs away below the samples': the model no longer samples its data.
-            # Go back to the last checkpoint (written before this happened) at half the learning rate.
-            # (Before the first checkpoint there is nothing to go back to, and early gaps are noisy.)
-            rollbacks = run["rollbacks"] + 1
-            if rollbacks > ROLLBACKS:
+            # the data's energy runs away below the samples': the model no longer samples its data
+            if run["rollbacks"] == ROLLBACKS:
                 log(f"[{family}] diverged again at step {step} after {ROLLBACKS} rollbacks: stopping; "
                     f"{path} holds the last good weights")
                 break
-            spent = run["elapsed"] + time.time() - t_save  # the lost stretch still counts as time spent
-            scale = run["lr_scale"] * 0.5
-            run = {**load_run(path, device, raw, ema, opt, buffer, cfg, ds, log), "rollbacks": rollbacks,
-                   "lr_scale": scale}
-            run["elapsed"], t_save = spent, time.time()
-            t0, step0 = time.time(), run["step"]
-            log(f"[{family}] E+ - E- = {e_pos_m - e_neg_m:+.3f} at step {step}: diverging; rolled back to step "
-                f"{run['step']}, learning rate x{run['lr_scale']:g} (rollback {rollbacks} of {ROLLBACKS})", flush=True)
+            run = roll_back(path, run, time.time() - t_save, (raw, ema, opt, buffer), cfg, ds, device, log,
+                            f"E+ - E- = {e_pos_m - e_neg_m:+.3f} at step {step}: diverging")
+            t0, step0, t_save = time.time(), run["step"], time.time()
             continue
         if step % cfg.log_interval == 0 or last:
-            rate = (step - step0) / (time.time() - t0)
-            left = (cfg.max_iters - step + iters_after) / rate
-            log(f"[{family}] iter {step:>5}/{cfg.max_iters} | loss {loss_m:+.4f} | E+ {e_pos_m:+.3f} | "
-                f"E- {e_neg_m:+.3f} | {rate:.1f} it/s | left {left / 60:.1f} min", flush=True)
+            rate = (step - step0) / (time.time() - t0)  # iterations per second, for the ETA
+            log(f"[{family}] iter {step:>5}/{cfg.max_iters} | loss {loss_m:+.4f} | E+ {e_pos_m:+.3f} | E- {e_neg_m:+.3f}"
+                f" | {rate:.1f} it/s | left {(cfg.max_iters - step + iters_after) / rate / 60:.1f} min", flush=True)
         if rank == 0 and ds.x.dim() == 4 and (step % cfg.sample_interval == 0 or last):
-            # the chains just advanced, grouped by concept value (continuous: by first number)
-            c_neg = c_data[i_neg][:64]
-            c_show = c_neg if c_neg.dim() == 1 else c_neg[:, 0]
-            save_image_grid(x_neg[:64][c_show.argsort()], os.path.join(cfg.out_dir, f"{family}_samples.png"))
+            save_chains_grid(x_neg, c_data[i_neg], os.path.join(cfg.out_dir, f"{family}_samples.png"))
         if rank == 0 and (step % cfg.ckpt_interval == 0 or last):
-            run["elapsed"] += time.time() - t_save
-            t_save = time.time()
+            run["elapsed"], t_save = run["elapsed"] + time.time() - t_save, time.time()
             save_run(path, cfg, ds, family, run, raw, ema, opt, buffer,
                      typical_data_energy((ema if ema is not None else raw).eval(), ds, c_data, family, device))
             raw.train()
-    if ddp:
+    if world > 1:
         check_replicas(raw, family, log)
     log(f"[{family}] wrote {path}")
+
+
+def roll_back(path, run, unsaved, state, cfg, ds, device, log, why):
+    """Back to the last checkpoint (written before the divergence) at half the learning rate;
+    the lost stretch still counts as time spent. Returns the run's new bookkeeping."""
+    scale, rollbacks = run["lr_scale"] / 2, run["rollbacks"] + 1
+    new = {**load_run(path, device, *state, cfg, ds, log), "elapsed": run["elapsed"] + unsaved,
+           "lr_scale": scale, "rollbacks": rollbacks}
+    log(f"[{new['family']}] {why}; rolled back to step {new['step']}, learning rate x{scale:g} "
+        f"(rollback {rollbacks} of {ROLLBACKS})", flush=True)
+    return new
+
+
+def save_chains_grid(x, c, path):
+    """The chains just advanced (up to 64), grouped by concept value (continuous: by first number)."""
+    c = c[:64] if c.dim() == 1 else c[:64, 0]
+    save_image_grid(x[:64][c.argsort()], path)
 
 
 def check_same_data(ckpt, cfg, ds, what):
@@ -423,16 +429,18 @@ def check_same_data(ckpt, cfg, ds, what):
 
 
 def load_frozen(cfg, ds, family, device):
-    """The --frozen models (continual learning, paper 3.3), each with its family's label of every
-    data point. They must come from this dataset and image size, and model another family."""
-    frozen = []
+    """The --frozen models (continual learning, paper 3.3) as one energy: (x (B, ...), data
+    indices i (B,)) -> the sum of each model's energy under its own family's label of data
+    point i (B,); 0 without --frozen. They must come from this dataset and image size, and
+    model another family."""
+    frozen = []  # [(model, its family's labels (N, ...))]
     for path in filter(None, cfg.frozen.split(",")):
         net, ckpt = load_checkpoint(path, device)
         check_same_data(ckpt, cfg, ds, f"--frozen {path}")
         if ckpt["family"] == family:
             raise ValueError(f"--frozen {path} is a model of {family!r}, the family being trained")
         frozen.append((net, ds.labels[ckpt["family"]].to(device)))
-    return frozen
+    return lambda x, i: sum(f(x, labels[i]) for f, labels in frozen)
 
 
 def train_worker(cfg, family, device, threads):
