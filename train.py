@@ -1,6 +1,6 @@
 """Train concept EBMs by contrastive divergence with a replay buffer.
 
-    python train.py --dataset toy2d                  # one model per family, about 1.5 minutes on 2 CPU cores
+    python train.py --dataset toy2d                  # one model per family, about 2 minutes on 2 CPU cores
     python train.py --dataset toy2d --max_iters=300  # any field of Config, as --key value or --key=value
     python train.py --dataset toy2d --resume         # continue a stopped run from its checkpoints
     python train.py --dataset shapes --concept color --out_dir out-shapes   # one image concept model
