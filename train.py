@@ -544,7 +544,8 @@ def main(argv):
         rows = toy2d_report(concepts, fig, settings)
         print(format_table(rows))
         print(f"wrote {fig}; total time {time.time() - t0:.1f} s")
-    if dist.is_initialized():
+    if dist.is_initialized():  # every rank done before any tears the group down
+        dist.barrier()
         dist.destroy_process_group()
 
 
