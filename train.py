@@ -302,13 +302,14 @@ def ema_updater(raw, ema, decay):
     if ema is None:
         return lambda: None
     live, avg = raw.state_dict(), ema.state_dict()
-    mixed = [k for k in avg if not k.endswith(("._u", "._v"))]
-    copied = [k for k in avg if k.endswith(("._u", "._v"))]
+    singular = [k.endswith(("._u", "._v")) for k in avg]
+    mixed = ([avg[k] for k, s in zip(avg, singular) if not s], [live[k] for k, s in zip(avg, singular) if not s])
+    copied = ([avg[k] for k, s in zip(avg, singular) if s], [live[k] for k, s in zip(avg, singular) if s])
 
-    def update():
+    def update():  # the tensor lists are built once, not every iteration
         with torch.no_grad():
-            torch._foreach_lerp_([avg[k] for k in mixed], [live[k] for k in mixed], 1 - decay)
-            torch._foreach_copy_([avg[k] for k in copied], [live[k] for k in copied])
+            torch._foreach_lerp_(*mixed, 1 - decay)
+            torch._foreach_copy_(*copied)
     return update
 
 
