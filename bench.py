@@ -35,7 +35,7 @@ import torch
 from compose import (TOY2D_SUITE, Concept, image_grid, load_concepts, parse, pyplot, sample, sampling_settings,
                      toy2d_quality, toy2d_table)
 from data import TOY2D_FAMILIES, TOY2D_STD, Dataset, load_dataset, toy2d_modes
-from infer import load_judge, predict, reads_as, score
+from infer import blobs, load_judge, predict, reads_as, score, shows_objects
 from model import IMAGE_PRESETS, build_model, load_checkpoint
 from sampler import langevin
 from train import dataset_for, parse_config, train_concept
@@ -311,22 +311,25 @@ def bench_shapes(ckpt_dir, n=256, figure="assets/shapes_compose.png", steps=None
 def bench_curve(out_dir, n=128, steps=None, every=500):
     """Accuracy of each concept model against its training time: each snapshot in
     <out_dir>/snapshots (every `every` iterations) samples n images of values drawn from the
-    data, and the judge reads them."""
+    data. A sample counts where it shows one object and the judge reads the asked value in it;
+    the two parts are printed beside the accuracy, so that a curve says which one fails."""
     judge, _ = load_judge()
     paths = [p for p in sorted(glob.glob(os.path.join(out_dir, "snapshots", "*.pt")))
              if int(re.search(r"_(\d+)\.pt$", p).group(1)) % every == 0]
     if not paths:
         sys.exit(f"no snapshots in {out_dir}/snapshots (train.py keeps them with --snapshots, the shapes default)")
     labels = load_dataset("shapes", n=n, seed=123).labels  # the values to ask for
-    print(f"{'snapshot':<28} {'minutes':>7} {'accuracy':>8}   ({n} samples, values drawn from the data)")
+    print(f"{'snapshot':<28} {'minutes':>7} {'accuracy':>8} {'judge':>6} {'1 object':>8}"
+          f"   ({n} samples, values drawn from the data)")
     for path in paths:
         net, ckpt = load_checkpoint(path)
         fam, cfg = ckpt["family"], ckpt["config"]
         settings = sampling_settings(cfg, steps=steps)
         c = labels[fam]  # (n,) or (n, d): one value per chain
         x = sample(lambda x: net(x, c), n, settings, seed=0)  # (n, 3, H, W)
-        ok = reads_as(fam, predict(judge, x), c)
-        print(f"{os.path.basename(path):<28} {ckpt['elapsed'] / 60:>7.1f} {ok.float().mean().item():>8.3f}", flush=True)
+        read, one = reads_as(fam, predict(judge, x), c), shows_objects(x, blobs(x), 1)  # (n,) bool each
+        print(f"{os.path.basename(path):<28} {ckpt['elapsed'] / 60:>7.1f} {(read & one).float().mean().item():>8.3f}"
+              f" {read.float().mean().item():>6.3f} {one.float().mean().item():>8.3f}", flush=True)
 
 
 def gpu_check():

@@ -284,14 +284,39 @@ def blobs(x, min_pixels=4, max_share=0.3):
     return found
 
 
-def positions_hold(places, asked):
-    """Does every asked position have a blob within POSITION_TOL, with one blob per distinct place?"""
+def distinct_places(asked):
+    """The asked positions as objects: places closer than 2 * POSITION_TOL are one object."""
     distinct = []
-    for p in asked:  # asked places closer than 2 * tolerance are one object
+    for p in asked:
         if all(np.hypot(p[0] - q[0], p[1] - q[1]) > 2 * POSITION_TOL for q in distinct):
             distinct.append(p)
+    return distinct
+
+
+def positions_hold(places, asked):
+    """Does every asked position have a blob within POSITION_TOL, with one blob per distinct place?"""
     near = all(any(np.hypot(p[0] - b[0], p[1] - b[1]) <= POSITION_TOL for b in places) for p in asked)
-    return near and len(places) == len(distinct)
+    return near and len(places) == len(distinct_places(asked))
+
+
+def objects_asked(expr):
+    """How many objects an expression asks for: one per distinct place where a conjunction
+    names several positions, else one."""
+    if isinstance(expr, And):
+        asked = [t.value for t in expr.terms if isinstance(t, Concept) and t.family == "position"]
+        if len(asked) >= 2:
+            return len(distinct_places(asked))
+    return 1
+
+
+def shows_objects(x, places, k):
+    """(N,) bool: the object rule. An image x (N, 3, H, W) counts only where it shows the k
+    objects asked for: k saturated blobs (places: blobs(x)) on a background that is mostly the
+    plain grey (0.5). The judge reads any image, and calls smooth noise a cube and an empty
+    grey image size 0.35, so its reading alone is not enough. (Every training render is at
+    least 75% grey; smooth noise at most 11%.)"""
+    grey = ((x - 0.5).abs().amax(1) < 0.1).float().mean((1, 2)) >= 0.6  # (N,)
+    return grey.cpu() & torch.tensor([len(p) == k for p in places], dtype=torch.bool)
 
 
 def reads_as(family, pred, value):
@@ -324,11 +349,13 @@ def holds(expr, pred, places):
 
 
 def score(expr, x, judge):
-    """Share of images x (N, 3, H, W) in which `expr` holds, and per-concept shares."""
+    """Share of images x (N, 3, H, W) that show the objects asked for and in which `expr`
+    holds, and the same share per concept of a conjunction."""
     pred, places = predict(judge, x), blobs(x)
+    shown = shows_objects(x, places, objects_asked(expr))  # (N,)
     atoms = expr.terms if isinstance(expr, And) else [expr]
-    parts = {repr(t): holds(t, pred, places).float().mean().item() for t in atoms}
-    return holds(expr, pred, places).float().mean().item(), parts
+    parts = {repr(t): (shown & holds(t, pred, places)).float().mean().item() for t in atoms}
+    return (shown & holds(expr, pred, places)).float().mean().item(), parts
 
 
 def main(argv=None):

@@ -555,6 +555,15 @@ def test_score_cli_judges_concepts_and_counts_objects(tmp_path):
     expr = "position=(-0.5,-0.5) & position=(0.5,0.5)"
     assert run_cli("infer.py", "--score", expr, "--samples", str(tmp_path / "two.npz"))[1].strip().endswith("accuracy 1.000")
     assert run_cli("infer.py", "--score", expr, "--samples", str(tmp_path / "one.npz"))[1].strip().endswith("accuracy 0.000")
+    # the object rule: an empty grey image and smooth noise show no object, whatever the judge reads
+    import infer
+    judge, ckpt = infer.load_judge()
+    names = infer.judge_vocabulary(ckpt)
+    smooth = torch.nn.functional.interpolate(torch.rand(64, 3, 4, 4, generator=torch.Generator().manual_seed(0)),
+                                             size=32, mode="bilinear")  # (64, 3, 32, 32)
+    for text in ("cube", "cylinder", "sphere", "red | blue"):
+        assert infer.score(parse(text, names), smooth, judge)[0] == 0, text
+    assert infer.score(parse("size=0.35", names), torch.full((8, 3, 32, 32), 0.5), judge)[0] == 0
     code, _, err = run_cli("infer.py", "--score", "red", "--samples", str(tmp_path / "missing.npz"))
     assert code != 0 and "does not exist" in err and "Traceback" not in err
     np.savez(tmp_path / "toy.npz", samples=np.zeros((4, 2)))
