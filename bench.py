@@ -1,9 +1,8 @@
 """Benchmarks: how fast the sampler and training run, how good the compositions are.
 
-    python bench.py                # the composition sampler on the exact toy2d energies, then
-                                   # the speed table: our Langevin sampler against the naive loop
-                                   # of tutorials (toy MLP, shapes32, celeba64), training
-                                   # iterations per second; last line: sampler speedup X.XXx
+    python bench.py                # the sampler on the exact toy2d energies, then the speed table: our
+                                   # Langevin sampler against the naive loop of tutorials (toy MLP,
+                                   # shapes32, celeba64) and training it/s; last: sampler speedup X.XXx
     python bench.py --toy2d 3      # train toy2d 3 times; median time and quality figures
     python bench.py --shapes checkpoints/shapes   # composition accuracy by the judge, 256 samples
                                    # per expression, next to the judge's score on noise; a figure
@@ -13,10 +12,8 @@
     python bench.py --gpu_check    # on a GPU machine: the suite, the speed table, resume, NCCL and a
                                    # short training, each checked in its own process (< 10 minutes)
 
-Timings are medians over repeats, and every ratio is taken against a baseline
-measured in the same run, on the same machine, at the same moment. The paper's
-experiments (continual learning, cross-product generalisation, the sampler and
-partition-function studies, the inference tables) are in experiments.py.
+Timings are medians over repeats; every ratio is against a baseline measured in the same run, on
+the same machine, at the same moment. The paper's experiments are in experiments.py.
 """
 import argparse
 import contextlib
@@ -66,14 +63,10 @@ SAMPLER_CASES = {
 
 
 def bench_langevin_speed(case, repeats=5, device="cpu", batch=None):
-    """Seconds per Langevin step for one network: our sampler, a bare forward + input-gradient
-    pass of the same network (the floor), and the naive loop of common tutorials.
-
-    ours:  langevin(): input gradients only (parameters frozen), spectral norm's W / sigma
-           computed once per chain (parametrize.cached), channels_last on CPU
-    naive: x.requires_grad_(), E.sum().backward() with parameter gradients on (computed and
-           accumulated every step, then thrown away), W / sigma every step, NCHW
-    Both run in training mode, as the sampler does inside train.py."""
+    """Seconds per Langevin step for one network, in training mode as inside train.py: our sampler, a
+    bare forward + input-gradient pass (the floor), and the naive loop of common tutorials.
+    ours:  input gradients only, spectral norm's W / sigma once per chain, channels_last on CPU
+    naive: E.sum().backward() with parameter gradients on (then thrown away), W / sigma every step, NCHW"""
     (kind, args), shape, case_batch, steps = SAMPLER_CASES[case]
     batch = batch or case_batch
     torch.manual_seed(0)
@@ -132,21 +125,20 @@ TRAIN_CASES = {  # train.py arguments, and the two run lengths timed
 
 
 def bench_train(case, repeats=3, device="cpu", batch=None):
-    """Seconds per training iteration of train.py's loop: runs of n0 and n1 iterations, their
-    difference divided by n1 - n0 (which cancels the start-up and the final checkpoint);
-    the median of `repeats`."""
+    """Seconds per training iteration of train.py's loop: the time of runs of n0 and n1 iterations, their
+    difference over n1 - n0 (which cancels the start-up and the final checkpoint); median of `repeats`."""
     argv, iters = TRAIN_CASES[case]
-    argv = argv + ["--buffer_size", "256", "--log_interval", "100000", "--snapshots", "false",
-                   "--sample_interval", "100000", "--ckpt_interval", "100000"] + (["--batch_size", str(batch)] if batch else [])
+    argv = argv + ["--buffer_size", "256", "--log_interval", "100000", "--snapshots", "false", "--sample_interval",
+                   "100000", "--ckpt_interval", "100000"] + (["--batch_size", str(batch)] if batch else [])
     if device != "cpu":  # a GPU needs longer runs to time: its iterations take milliseconds
         iters = (iters[0] * 10, iters[1] * 10)
     with tempfile.TemporaryDirectory() as tmp:
         cfg = parse_config(argv + ["--out_dir", tmp, "--cache_dir", os.path.join(tmp, "data")])
         if cfg.dataset == "celeba":  # no CelebA here: random faces, same shapes and dtype
             g = torch.Generator().manual_seed(0)
-            ds = Dataset("celeba", torch.randint(0, 256, (2048, 3, 64, 64), dtype=torch.uint8, generator=g),
-                         {"Smiling": torch.randint(0, 2, (2048,), generator=g)}, {"Smiling": ("not_Smiling", "Smiling")},
-                         (0.0, 1.0))
+            faces = torch.randint(0, 256, (2048, 3, 64, 64), dtype=torch.uint8, generator=g)
+            ds = Dataset("celeba", faces, {"Smiling": torch.randint(0, 2, (2048,), generator=g)},
+                         {"Smiling": ("not_Smiling", "Smiling")}, (0.0, 1.0))
         else:
             ds = dataset_for(cfg)
         per_iter = []
@@ -167,12 +159,12 @@ GPU_BATCH = 128  # on a GPU every network is timed at batch 128: a step costs ab
 
 
 def bench_speed(repeats=5, device="cpu"):
-    """The speed table: sampler throughput ours vs naive, training iterations per second,
-    the share of a sampler step spent outside the network; last, the smallest speedup
-    over the image presets (the toy MLP is listed, not counted: a tiny MLP's step is
-    mostly Python, which no sampler can remove)."""
+    """The speed table: sampler throughput ours vs naive, training it/s, the share of a sampler step spent
+    outside the network; last, the smallest speedup over the image presets (the toy MLP is listed, not
+    counted: a tiny MLP's step is mostly Python, which no sampler can remove)."""
     gpu = device != "cpu"
-    print(f"torch {torch.__version__}, " + (torch.cuda.get_device_name() if gpu else f"{torch.get_num_threads()} threads, cpu"))
+    machine = torch.cuda.get_device_name() if gpu else f"{torch.get_num_threads()} threads, cpu"
+    print(f"torch {torch.__version__}, {machine}")
     print(f"{'network':<10} {'batch':>5} {'ours ms/step':>12} {'naive ms/step':>13} {'speedup':>8} "
           f"{'samples*steps/s':>15} {'outside net':>11} {'train it/s':>10}  training run")
     speedups = []
@@ -190,8 +182,7 @@ def bench_speed(repeats=5, device="cpu"):
 
 
 def exact_toy2d_concepts():
-    """The six toy2d names with their true energies: each concept -log of the mixture of its
-    eight Gaussians (up to a constant)."""
+    """The toy2d concepts with their true energies: -log of each one's mixture of eight Gaussians (+ a constant)."""
     centres, labels = toy2d_modes()
 
     def mixture(family):
@@ -212,8 +203,7 @@ def exact_toy2d_settings(steps=300, anneal=20.0):
 
 
 def bench_sampler_on_exact_energies(steps=300, anneal=20.0):
-    """The composition sampler on the true toy2d energies: what is left of the mode TV here
-    is the sampler's own error."""
+    """The composition sampler on the true toy2d energies: the mode TV left is the sampler's own error."""
     concepts, settings = exact_toy2d_concepts(), exact_toy2d_settings(steps, anneal)
     print(f"\nthe sampler on the exact toy2d energies ({steps} steps, anneal {anneal:g}, 2000 samples)")
     print(f"{'expression':<26} {'precision':>9} {'mode TV':>8}")
@@ -232,9 +222,8 @@ TOY2D_MORE = ["left & ~inner", "(right & outer) | (left & inner)", "bottom & ~le
 
 
 def bench_toy2d(runs):
-    """Train toy2d `runs` times from scratch (train.py as a user runs it: the time includes its
-    report); then sample the standard suite and TOY2D_MORE from each run's models. Medians, the
-    worst run, and the targets."""
+    """Train toy2d `runs` times from scratch as a user does (the time includes train.py's report); sample the
+    standard suite and TOY2D_MORE from each run's models. Medians, the worst run, and the targets."""
     times, figures = [], {}
     for r in range(runs):
         out = f"out-bench-toy2d-{r}"
@@ -256,7 +245,8 @@ def bench_toy2d(runs):
     print(f"{'expression':<34} {'precision (median, min)':>24} {'mode TV (median, max)':>22}  target")
     for expr, vals in figures.items():
         p, tv = [v[0] for v in vals], [v[1] for v in vals]
-        ok = statistics.median(p) >= t["precision"] and statistics.median(tv) <= t["mode_tv"] and max(tv) <= t["worst_tv"]
+        ok = (statistics.median(p) >= t["precision"] and statistics.median(tv) <= t["mode_tv"]
+              and max(tv) <= t["worst_tv"])
         print(f"{expr:<34} {statistics.median(p):>15.3f} {min(p):>8.3f} {statistics.median(tv):>14.3f} {max(tv):>7.3f}"
               f"  {'met' if ok else 'MISSED'}{'' if expr in TOY2D_SUITE else ' (not in the suite)'}")
     print(f"targets: precision >= {t['precision']}, mode TV <= {t['mode_tv']} (median), every run <= {t['worst_tv']}")
@@ -338,20 +328,19 @@ def gpu_check():
     if not torch.cuda.is_available():
         sys.exit("error: --gpu_check needs a CUDA GPU, and none is visible")
     out = tempfile.mkdtemp(prefix="gpu-check-")
+    python = sys.executable
     shapes = ["train.py", "--dataset", "shapes", "--concept", "color", "--device", "cuda", "--n_data", "2000",
               "--cache_dir", f"{out}/data", "--batch_size", "128", "--log_interval", "100"]
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1"]
-    checks = [
-        ("the test suite", [sys.executable, "-m", "pytest", "-q", "test_all.py"], 330, 6),
-        ("the speed table", [sys.executable, "bench.py", "--device", "cuda"], 100, 8),
-        ("a run to resume", [sys.executable, *shapes, "--out_dir", f"{out}/resume", "--max_iters", "200",
+    torchrun = [python, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1"]
+    checks = [  # (what, command, time limit in seconds, lines of output to show)
+        ("the test suite", [python, "-m", "pytest", "-q", "test_all.py"], 330, 6),
+        ("the speed table", [python, "bench.py", "--device", "cuda"], 100, 8),
+        ("a run to resume", [python, *shapes, "--out_dir", f"{out}/resume", "--max_iters", "200",
                              "--ckpt_interval", "100"], 45, 2),
-        ("resume on CUDA", [sys.executable, *shapes, "--out_dir", f"{out}/resume", "--max_iters", "300",
-                            "--resume"], 45, 3),
+        ("resume on CUDA", [python, *shapes, "--out_dir", f"{out}/resume", "--max_iters", "300", "--resume"], 45, 3),
         ("torchrun, NCCL, 1 process", [*torchrun, *shapes, "--out_dir", f"{out}/nccl", "--max_iters", "200"], 45, 2),
-        ("a short shapes training", [sys.executable, *shapes, "--out_dir", f"{out}/train", "--max_iters", "1000",
-                                     "--log_interval", "250"], 90, 5),
-    ]
+        ("a short shapes training", [python, *shapes, "--out_dir", f"{out}/train", "--max_iters", "1000",
+                                     "--log_interval", "250"], 90, 5)]
     for name, cmd, limit, tail in checks:
         t0 = time.time()
         try:
@@ -388,15 +377,14 @@ def main():
     if args.every < 1:
         ap.error(f"--every must be at least 1, got {args.every}")
     os.chdir(os.path.dirname(os.path.abspath(__file__)))
+    if args.curve:
+        bench_curve(args.curve, steps=args.steps, every=args.every)
+    if args.shapes:
+        bench_shapes(args.shapes, steps=args.steps)
     if args.shapes or args.curve:  # image benchmarks only
-        if args.curve:
-            bench_curve(args.curve, steps=args.steps, every=args.every)
-        if args.shapes:
-            bench_shapes(args.shapes, steps=args.steps)
         return
     if args.toy2d:
-        bench_toy2d(args.toy2d)
-        return
+        return bench_toy2d(args.toy2d)
     if args.gpu_check:
         return gpu_check()
     if args.device == "cuda":

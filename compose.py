@@ -16,12 +16,11 @@ it only removes `b` from `a` and never pulls chains anywhere else. m_b is the
 typical energy of `b` on its own training data (stored in its checkpoint) plus
 NEG_MARGIN nats: exp(-NEG_MARGIN) as likely as typical `b` counts as "not b".
 In probabilities: p(x | a, not b) ~ p(x | a) * sigmoid(E_b - m_b)^alpha.
-The paper's disjunction weighs each term by its partition function Z (it assumes them
-equal). Here, by default on 2D data, balance(expr, settings) measures log Z of every
-disjunct (log_partition) and weights the mixture so that each term counts equally, and
-MALA samples it (weigh_disjunctions); `--plain_or` gives the paper's form, and `--balance`
-asks for the weighting on images (log Z by annealed importance sampling).
 A negation with nothing positive to ground it (`~b`, `~a | b`) is refused.
+
+The paper's disjunction weighs each term by its partition function Z (it assumes them
+equal). Here, by default on 2D data, each disjunct counts equally (weigh_disjunctions);
+`--plain_or` gives the paper's form, and `--balance` asks for the weighting on images.
 
 From Python:
     concepts = load_concepts("out-toy2d")              # name -> Concept
@@ -30,7 +29,7 @@ From Python:
 
 From the command line (every checkpoint in the folder is loaded):
     python compose.py "top & ~right" --ckpt_dir out-toy2d --num 2000 --save out-toy2d/top_not_right.npz
-    python compose.py "cube & red & size=0.6 & position=(0.5,-0.3)" --ckpt_dir checkpoints/shapes --num 64 --save out/x.png
+    python compose.py "cube & red & size=0.6 & position=(0.5,-0.3)" --ckpt_dir checkpoints/shapes --num 64 --save x.png
     python compose.py "inner | (bottom & left)" --ckpt_dir out-toy2d --plain_or   # the paper's unweighted OR
 
 Continuous concepts (the `size` and `position` models of `shapes`) take their
@@ -38,13 +37,12 @@ numbers after '=': `size=0.6`, `position=(0.5,-0.3)`; a value outside the range
 the model was trained on is an error. Two positions in one conjunction ask for
 two objects (paper Figure 5).
 
-Exact evaluation for toy2d (DESIGN.md): exact_weights(expr) gives the modes an
-expression selects with their weights; toy2d_quality(samples, expr) the
-precision and mode TV of a set of samples.
+Exact evaluation on toy2d, whose 16 modes are known (data.py): exact_weights(expr) gives
+the weight an expression puts on each mode, toy2d_quality(samples, expr) the precision
+and mode TV of samples (format_table says what they mean).
 """
 import argparse
 import glob
-import math
 import os
 import re
 import sys
@@ -56,7 +54,7 @@ import torch.nn.functional as F
 
 from data import TOY2D_FAMILIES, TOY2D_STD, toy2d_modes
 from model import load_checkpoint
-from sampler import run_chains
+from sampler import log_partition, sample, sample_chains
 
 NEG_ALPHA = 3.0  # weight of a negated concept: nats per nat of E_b below m_b
 NEG_MARGIN = 5.0  # m_b = typical energy of b on its data + NEG_MARGIN
@@ -125,9 +123,12 @@ class Not(Energy):
         threshold = self.inner.data_energy + self.margin  # m_b
         return self.alpha * F.softplus(threshold - self.inner(x))  # (B,) >= 0, flat far from b
 
+    def ungrounded(self):
+        return ValueError(f"negation {self!r} has nothing positive to ground it; "
+                          f"write it next to a positive concept, e.g. 'a & {self!r}'")
+
     def __call__(self, x):
-        raise ValueError(f"negation {self!r} has nothing positive to ground it; "
-                         f"write it next to a positive concept, e.g. 'a & {self!r}'")
+        raise self.ungrounded()
 
     def __repr__(self):
         return f"~{self.inner!r}"
@@ -186,8 +187,7 @@ def parse(text, concepts):
     """Parse `text` into an energy function over `concepts` (name -> Concept, case-insensitive)."""
     expr = Parser(text, concepts).expression()
     if isinstance(expr, Not):
-        raise ValueError(f"negation {expr!r} has nothing positive to ground it; write it next to a "
-                         f"positive concept, e.g. 'a & {expr!r}'")
+        raise expr.ungrounded()
     return expr
 
 
@@ -222,11 +222,18 @@ class Parser:
     def peek(self):
         return self.tokens[self.pos][0]
 
-    def take(self, kind):
-        """The next token, which must be of `kind` (else a syntax error saying what was expected)."""
+    def accept(self, kind):
+        """Skip the next token if it is of `kind`; returns whether it was."""
+        if self.peek() != kind:
+            return False
+        self.pos += 1
+        return True
+
+    def take(self, kind, expected=None):
+        """The next token, which must be of `kind`; else a syntax error: expected EXPECTED[expected or kind]."""
         tok = self.tokens[self.pos]
         if tok[0] != kind:
-            raise self.error(f"expected {self.EXPECTED[kind]}, found {tok[1]!r}")
+            raise self.error(f"expected {self.EXPECTED[expected or kind]}, found {tok[1]!r}")
         self.pos += 1
         return tok
 
@@ -239,56 +246,45 @@ class Parser:
         return expr
 
     def disjunction(self):
-        terms = [self.conjunction()]
-        while self.peek() == "|":
-            self.pos += 1
-            terms.append(self.conjunction())
-        return terms[0] if len(terms) == 1 else Or(terms)
+        return self.joined("|", self.conjunction, Or)
 
     def conjunction(self):
-        terms = [self.unary()]
-        while self.peek() == "&":
-            self.pos += 1
-            terms.append(self.unary())
-        return terms[0] if len(terms) == 1 else And(terms)
+        return self.joined("&", self.unary, And)
+
+    def joined(self, op, operand, combine):
+        """operand (op operand)*: a lone operand as it is, several combined."""
+        terms = [operand()]
+        while self.accept(op):
+            terms.append(operand())
+        return terms[0] if len(terms) == 1 else combine(terms)
 
     def unary(self):
-        kind, value, _ = self.tokens[self.pos]
-        if kind == "~":
-            self.pos += 1
+        if self.accept("~"):
             return Not(self.unary())
-        if kind == "(":
-            self.pos += 1
+        if self.accept("("):
             inner = self.disjunction()
             self.take(")")
             return inner
-        if kind != "name":
-            self.take("atom")  # raises
-        self.pos += 1
-        if value.lower() not in self.by_name:
-            raise ValueError(f"unknown concept {value!r}; known concepts: {known(self.concepts)}")
-        found = self.by_name[value.lower()]
+        name = self.take("name", "atom")[1]
+        found = self.by_name.get(name.lower())
+        if found is None:
+            raise ValueError(f"unknown concept {name!r}; known concepts: {known(self.concepts)}")
         if isinstance(found, Family):
-            if self.peek() != "=":
-                raise self.error(f"{value} is continuous and needs a value: "
-                                 f"{value}=... in [{found.low:g}, {found.high:g}]")
-            self.pos += 1
+            if not self.accept("="):
+                raise self.error(f"{name} is continuous and needs a value: "
+                                 f"{name}=... in [{found.low:g}, {found.high:g}]")
             return found.at(self.numbers())
         if self.peek() == "=":
-            raise self.error(f"{value} is a discrete concept and takes no value")
+            raise self.error(f"{name} is a discrete concept and takes no value")
         return found
 
     def numbers(self):  # 0.6  or  (0.5, -0.3)
-        if self.peek() != "(":
+        if not self.accept("("):
             return [self.take("number")[1]]
-        self.pos += 1
         values = [self.take("number")[1]]
-        while self.peek() == ",":
-            self.pos += 1
+        while self.accept(","):
             values.append(self.take("number")[1])
-        if self.peek() != ")":
-            self.take("),")  # raises
-        self.pos += 1
+        self.take(")", "),")
         return values
 
 
@@ -348,42 +344,6 @@ def sampling_settings(config, **overrides):
     return s
 
 
-def sample(expr, n, settings, seed=0, device="cpu"):
-    """Draw n samples (n, ...) of a composition: Langevin from uniform noise (annealed, with
-    resampling, where the settings say so)."""
-    return sample_chains(expr, n, settings, seed=seed, device=device).x
-
-
-def sample_chains(expr, n, settings, seed=0, keep_every=0, device="cpu"):
-    """As sample, but the whole sampler.Chains: the samples, snapshots of the chains every
-    keep_every moves, and (with resampling) the estimate of log Z."""
-    lo, hi = settings["data_range"]
-    g = torch.Generator(device=device).manual_seed(seed)
-    x0 = lo + (hi - lo) * torch.rand(n, *settings["x_shape"], generator=g, device=device)
-    torch.manual_seed(seed)  # the Langevin noise
-    with torch.nn.utils.parametrize.cached():  # spectral norm: W / sigma once, not every step
-        return run_chains(expr, x0, settings["steps"], settings["step_size"], settings["noise_scale"],
-                          anneal=settings["anneal"], resample=settings["resample"], clamp=(lo, hi),
-                          grad_clip=settings["grad_clip"], keep_every=keep_every,
-                          **{k: settings[k] for k in ("method", "leapfrog") if k in settings})
-
-
-def log_partition(expr, settings, n=512, seed=0, ais=None):
-    """log Z = log of the integral of exp(-E) over the data box. For 2D data a quadrature on
-    a 600x600 grid (exact to the plotting eye); otherwise (or with ais=True) annealed
-    importance sampling with n chains of MALA from uniform noise (sampler.run_chains):
-    unbiased in Z."""
-    lo, hi = settings["data_range"]
-    if not ais and tuple(settings["x_shape"]) == (2,):
-        g = torch.linspace(lo, hi, 600)
-        grid = torch.stack(torch.meshgrid(g, g, indexing="xy"), -1).reshape(-1, 2)  # (360000, 2)
-        with torch.no_grad():
-            e = torch.cat([expr(chunk) for chunk in grid.split(40_000)])
-        return (torch.logsumexp(-e, 0) + 2 * math.log(g[1] - g[0])).item()
-    s = dict(settings, method="mala", anneal=max(settings["anneal"], 20.0), resample=True)
-    return sample_chains(expr, n, s, seed=seed).log_z
-
-
 def has_or(expr):
     """Whether the expression holds a disjunction anywhere."""
     inner = [expr.inner] if isinstance(expr, Not) else getattr(expr, "terms", [])
@@ -417,7 +377,7 @@ def balance(expr, settings):
 
 
 # ----------------------------------------------------------------------------
-# exact evaluation on toy2d (DESIGN.md)
+# exact evaluation on toy2d
 
 TOY2D_SUITE = ["top", "outer", "top & right", "top & right & outer", "top | right",
                "inner | (bottom & left)", "top & ~right", "outer & ~top & ~left"]
@@ -449,7 +409,9 @@ def exact_weights(expr):
 
 
 def toy2d_quality(samples, expr):
-    """Precision and mode TV of samples (N, 2) for an expression (DESIGN.md)."""
+    """Precision and mode TV of samples (N, 2) for an expression: precision is the share of samples
+    within TOY2D_RADIUS of a mode the expression selects; mode TV the total variation distance
+    between the samples' shares of the 16 modes (and of nowhere) and the exact weights."""
     centres, _ = toy2d_modes()
     w = exact_weights(expr)  # (16,)
     dist, nearest = torch.cdist(samples.double(), centres.double()).min(dim=1)  # (N,), (N,)

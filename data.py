@@ -20,15 +20,14 @@ A concept model is trained on one family (e.g. `vertical`, whose values are
     ds.x                       # (162770, 3, 64, 64) uint8, memory-mapped from out-data/
     ds.batch(torch.arange(8))  # (8, 3, 64, 64) float in [0, 1], dequantised
 
-Datasets (see ../shared/DESIGN.md):
   toy2d   16 Gaussian modes on two rings, three binary concept families.
-  shapes  one rendered 3D-looking object (sphere, cube, cylinder) per image;
-          families shape and color (discrete), size and position (continuous),
-          with held-out colors, sizes, lighting and a held-out shape (cone).
-  celeba  CelebA faces from the standard local folder (--data_dir), 64x64 or
-          128x128; each of the 40 binary attributes is a family (not_Smiling, Smiling).
+  shapes  one rendered 3D-looking object (sphere, cube, cylinder) per image; families shape and
+          color (discrete), size and position (continuous), with held-out colors, sizes,
+          lighting and a held-out shape (cone).
+  celeba  CelebA faces from the standard local folder (--data_dir), 64x64 or 128x128;
+          each of the 40 binary attributes is a family (not_Smiling, Smiling).
 
-This file imports nothing from the project (see the layout in README.md).
+This file imports nothing from the project.
 """
 import contextlib
 import math
@@ -42,8 +41,7 @@ import numpy as np
 import torch
 
 # ----------------------------------------------------------------------------
-# toy2d: fixed by DESIGN.md; the tests, the exact evaluation and the benchmarks
-# rely on every number here.
+# toy2d: the tests, the exact evaluation (compose.py) and the benchmarks rely on every number here.
 
 TOY2D_STD = 0.1  # isotropic standard deviation of every mode
 TOY2D_RADII = (1.0, 2.0)  # inner ring, outer ring
@@ -72,9 +70,6 @@ def toy2d_modes():
         labels["ring"].append(torch.full((8,), ring, dtype=torch.long))  # 0 = inner
     centres = torch.cat(centres).float()  # (16, 2)
     return centres, {f: torch.cat(v) for f, v in labels.items()}
-
-
-# ----------------------------------------------------------------------------
 
 
 @dataclass
@@ -109,7 +104,8 @@ class Dataset:
             values = self.concepts.get(family)
             if values is None or family in self.ranges:
                 discrete = [f for f in self.concepts if f not in self.ranges]
-                raise ValueError(f"cannot select on {family!r}: {self.name}'s discrete families are {', '.join(discrete)}")
+                raise ValueError(f"cannot select on {family!r}: {self.name}'s discrete families are "
+                                 f"{', '.join(discrete)}")
             if value not in values:
                 raise ValueError(f"unknown {family} {value!r}; allowed: {', '.join(values)}")
             keep &= self.labels[family] == values.index(value)
@@ -202,17 +198,15 @@ def _draw(img, X, Y, shape, rgb, cx, cy, r, light, gain):
 def render_shapes(labels, image_size=32, scene="plain", clutter=0, light=None, seed=0):
     """Render one object per image; returns uint8 (N, H, W, 3), H = W = image_size.
 
-    labels: numpy arrays "shape" (N,) int index into SHAPES + (HELDOUT_SHAPE,),
-    "color" (N, 3) float RGB in [0, 1], "size" (N,) float, "position" (N, 2) float.
-    Geometry: x is right and y is UP; the object's centre in pixels is
-    cx = W/2 * (1 + 0.55 * x), cy = H/2 * (1 - 0.55 * y), and its radius (half
-    extent, the same for every shape) is r = 0.35 * size * W pixels.
-    scene "plain": flat grey (0.5) background and a fixed light from the upper
-    left. scene "ground": sky above a horizon, ground below, a soft shadow under
-    each object, and a light direction and brightness drawn per image.
+    labels: numpy arrays "shape" (N,) int index into SHAPES + (HELDOUT_SHAPE,), "color" (N, 3)
+    float RGB in [0, 1], "size" (N,) float, "position" (N, 2) float. x is right and y is UP:
+    the object's centre in pixels is cx = W/2 * (1 + 0.55 x), cy = H/2 * (1 - 0.55 y), and its
+    radius (half extent, the same for every shape) is r = 0.35 * size * W.
+    scene "plain": flat grey (0.5) and a fixed light from the upper left; "ground": sky above a
+    horizon, ground below, soft shadows, and a light direction and brightness drawn per image.
     light "unseen": a dimmer light from the right, outside the training variation.
     clutter k: k smaller objects of other colors, drawn first, away from the main one.
-    Antialiased by rendering at twice the size and averaging 2x2 blocks.
+    Antialiased: rendered at twice the size, then 2x2 blocks averaged.
     """
     _check("scene", scene, SHAPES_SCENES)
     _check("light", light, (None, "unseen"))
@@ -255,9 +249,8 @@ def render_shapes(labels, image_size=32, scene="plain", clutter=0, light=None, s
 
 
 def to_float(images):
-    """uint8 renders or image files, channels last (..., H, W, 3), numpy or torch ->
-    float32 (..., 3, H, W) in [0, 1]: what every model and the judge read. The one
-    place that turns pixels into the networks' input."""
+    """uint8 renders or image files, channels last (..., H, W, 3), numpy or torch -> float32
+    (..., 3, H, W) in [0, 1]: the one place that turns pixels into the networks' input."""
     x = torch.as_tensor(np.asarray(images))  # (..., H, W, 3) uint8
     return x.movedim(-1, -3).float().div(255)  # (..., 3, H, W)
 
@@ -272,17 +265,14 @@ def make_shapes(n=20_000, seed=0, image_size=32, scene="plain", clutter=0, heldo
                 cache_dir="out-data"):
     """n rendered images with shape, color, size and position labels, cached in cache_dir.
 
-    heldout: None, "colors" (HELDOUT_COLORS only: labels["color"] then index into
-    concepts["color"], which is the tuple of held-out names), "light" (scene
-    "ground" under the unseen light), "sizes" (size in HELDOUT_SIZES) or "shape"
-    (every object a cone: labels["shape"] is 3 and concepts["shape"] is
-    SHAPES + (HELDOUT_SHAPE,), so index k is the same shape in every variant).
-    ranges are the training ranges, also for heldout="sizes". Labels are drawn in
-    the same order for every variant, so one seed gives the same sizes and
-    positions with and without a held-out factor.
-    corner (cross-product generalisation, paper 3.4): every object is a red sphere; the
-    ones in the top-right square holding the share `corner` of positions (corner_side)
-    take every size, all the others only LARGE_SIZES. corner=0 is large spheres only.
+    heldout: None; "colors" (HELDOUT_COLORS only, which concepts["color"] then names); "light"
+    (scene "ground" under the unseen light); "sizes" (in HELDOUT_SIZES; ranges stay the training
+    ones) or "shape" (every object a cone: index 3 of concepts["shape"] = SHAPES + (HELDOUT_SHAPE,),
+    so index k is the same shape in every variant). One seed gives the same sizes and positions
+    with and without a held-out factor.
+    corner (cross-product generalisation, paper 3.4): every object is a red sphere; those in the
+    top-right square holding the share `corner` of positions (corner_side) take every size, the
+    others only LARGE_SIZES (corner=0: large spheres only).
     """
     _check("heldout", heldout, SHAPES_HELDOUT)
     if corner is not None and not 0 <= corner <= 1:
@@ -388,12 +378,13 @@ def make_celeba(data_dir="", image_size=64, split="train", cache_dir="out-data")
     """CelebA faces with their 40 binary attributes, each a concept family whose values
     are ("not_<Name>", "<Name>"): index 1 means the face has the attribute.
 
-    x is (N, 3, S, S) uint8, memory-mapped from the cache; Dataset.batch turns a batch
-    into floats in [0, 1] with uniform dequantisation. split: the official partition
-    ("train", "valid", "test"; every image when list_eval_partition.txt is absent) or "all".
+    x is (N, 3, S, S) uint8, memory-mapped from the cache (Dataset.batch dequantises batches).
+    split: the official partition ("train", "valid", "test"; every image when
+    list_eval_partition.txt is absent) or "all".
     """
     if not data_dir:
-        raise ValueError("the celeba dataset needs --data_dir: a folder with img_align_celeba/ and list_attr_celeba.txt")
+        raise ValueError("the celeba dataset needs --data_dir: a folder with img_align_celeba/ and "
+                         "list_attr_celeba.txt")
     _check("image_size", image_size, CELEBA_SIZES)
     _check("split", split, CELEBA_SPLITS)
     files, names, attrs = read_celeba_attributes(data_dir)

@@ -10,12 +10,9 @@
     python experiments.py partition [--ckpt_dir out-toy2d]   # A.6: partition functions and disjunctions
     python experiments.py samplers [--ckpt_dir out-toy2d]    # ULA, MALA and HMC at equal cost
 
-The pieces they measure live in the core files (composing and sampling: compose.py; the
-judge and inference by energy: infer.py; the judged composition table: bench.py); this
-file sets up each experiment's data, runs it and prints its table. Paths are relative to
-the repository; figures go to assets/. The README gives every result and its meaning.
-(These were bench.py --continual/--crossproduct/--partition/--samplers and infer.py
---train_regressor/--table NAME; those spellings now answer with where they went.)
+What they measure lives in compose.py, infer.py and bench.py; this file sets up each experiment's
+data, runs it and prints its table (figures: assets/; every result: the README). The spellings these
+had in bench.py and infer.py now answer with where they went.
 """
 import argparse
 import os
@@ -41,9 +38,8 @@ from model import load_checkpoint, save_checkpoint
 from train import Config, dataset_for
 
 # ----------------------------------------------------------------------------
-# continual learning (paper 3.3): position learned on red cubes, then shape on red objects
-# through it, then color on cubes through both; the first expression was seen whole in
-# training, the others combine a shape, a color and a place never seen together.
+# continual learning (paper 3.3): position learned on red cubes, then shape on red objects through it,
+# then color on cubes through both; only the first expression was seen whole in training.
 
 CONTINUAL_SUITE = ["cube & red & position=(0.5,0.5)", "sphere & blue & position=(-0.5,0.5)",
                    "cylinder & green & position=(0.5,-0.5)", "sphere & yellow & position=(-0.5,-0.5)"]
@@ -70,11 +66,9 @@ class GeneratorConfig:
 
 
 class Generator(nn.Module):
-    """G(c) -> image, the holistic baseline (not an EBM): all concepts in one network, trained
-    by regression (MSE) to the data. As in the paper's baseline: a dense layer to a small map,
-    then blocks of (2x nearest upsampling, conv, Swish, conv, Swish), then a conv to RGB and a
-    sigmoid into [0, 1]. The default channels mirror the shapes32 EBM's (many channels at low
-    resolution, few at full): 0.13M parameters against its 0.15M."""
+    """G(c) -> image, the holistic baseline (not an EBM): every concept in one network, trained by MSE
+    to the data. As the paper's: a dense layer to a small map, blocks of (2x upsampling, conv, Swish,
+    conv, Swish), a conv to RGB and a sigmoid. 0.13M parameters against the shapes32 EBM's 0.15M."""
 
     def __init__(self, cfg: GeneratorConfig):
         super().__init__()
@@ -95,8 +89,7 @@ class Generator(nn.Module):
 
 
 def load_holistic(path):
-    """A trained Generator (eval mode, frozen) and its checkpoint. Not model.load_checkpoint:
-    a generator is no concept model, so model.py does not know it."""
+    """A trained Generator (eval mode, frozen) and its checkpoint (no concept model: not model.py's)."""
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     args = dict(ckpt["model_args"])
     if args.pop("kind") != "generator":
@@ -104,16 +97,6 @@ def load_holistic(path):
     gen = Generator(GeneratorConfig(**args))
     gen.load_state_dict(ckpt["model"])
     return gen.eval().requires_grad_(False), ckpt
-
-
-def crossproduct_test(n=128, seed=701):
-    """n unseen combinations: positions (n, 2) outside the CROSS_TEST_CORNER square, sizes
-    (n, 1) below LARGE_SIZES, which the data of every fraction f <= 0.1 only has in its corner."""
-    g = torch.Generator().manual_seed(seed)
-    pos = 2 * torch.rand(4 * n, 2, generator=g) - 1  # (4n, 2), then keep n outside the corner
-    pos = pos[(pos < 1 - corner_side(CROSS_TEST_CORNER)).any(1)][:n]
-    size = SIZE_RANGE[0] + (LARGE_SIZES[0] - SIZE_RANGE[0]) * torch.rand(n, 1, generator=g)  # (n, 1)
-    return pos, size
 
 
 def train_holistic(ds, path, iters=600, batch=64, lr=2e-3, seed=0):
@@ -139,54 +122,14 @@ def train_holistic(ds, path, iters=600, batch=64, lr=2e-3, seed=0):
     return gen
 
 
-def crossproduct_study(out_dir, n=128, figure="assets/crossproduct.png"):
-    """Size and position error, read by the judge, of generations at unseen combinations:
-    the composed EBMs (position & size, Langevin from noise) against the holistic generator,
-    for every fraction folder out_dir/f<f>/ (size.pt). The generators are kept apart from
-    the concept models, in out_dir/holistic/f<f>.pt, and trained where missing."""
-    judge, _ = load_judge()
-    pos, size = crossproduct_test(n)
-    position, _ = load_checkpoint(os.path.join(out_dir, "position.pt"))
-    truth = render_truth(pos, size)
-    large = render_truth(pos, torch.full_like(size, 0.65))  # what ignoring the asked size draws
-    rows = [("renders of the truth", None, truth), ("large spheres, asked place", None, large)]
-    pictures = [("truth", truth[:8])]
-    # f<fraction>/: the size EBM trained alone; f<fraction>-through/: trained through the frozen position EBM
-    folders = sorted((d for d in os.listdir(out_dir) if re.fullmatch(r"f[0-9.]+(-through)?", d)),
-                     key=lambda d: (float(d[1:].removesuffix("-through")), d))
-    if not folders:
-        raise FileNotFoundError(f"{out_dir} holds no fraction folder f<fraction>/ (see README: cross-product)")
-    for d in folders:
-        size_net, ckpt = load_checkpoint(os.path.join(out_dir, d, "size.pt"))
-        cfg, t0 = ckpt["config"], time.time()
-        expr = (Concept(position, "position", pos.tolist(), "position")
-                & Concept(size_net, "size", size.tolist(), "size"))  # one combination per sample
-        x_ebm = sample(expr, n, sampling_settings(cfg), seed=0)
-        f = float(d[1:].removesuffix("-through"))
-        rows.append((f"EBMs, {d}", f, x_ebm))
-        pictures.append((f"EBMs, {d}", x_ebm[:8]))
-        if not d.endswith("-through"):  # (a -through folder has the data of f<fraction>/, whose baseline is in)
-            path = os.path.join(out_dir, "holistic", f"{d}.pt")
-            if os.path.exists(path):
-                gen, _ = load_holistic(path)
-            else:
-                run = Config(**{k: v for k, v in cfg.items() if k in Config.__dataclass_fields__})
-                gen = train_holistic(dataset_for(run), path).eval()  # the size model's own training data
-            with torch.no_grad():
-                x_gen = gen(torch.cat([pos, size], 1))
-            rows.append((f"holistic, {d}", f, x_gen))
-            pictures.append((f"holistic, {d}", x_gen[:8]))
-        print(f"{d} done in {time.time() - t0:.0f} s", flush=True)
-    print(f"{'generator':<24} {'size error':>10} {'position error':>14}   ({n} unseen combinations)")
-    results = []
-    for name, f, x in rows:
-        p = predict(judge, x)
-        err = ((p["size"] - size[:, 0]).abs().mean().item(), position_error(p["position"], pos))
-        results.append((name, f, *err))
-        print(f"{name:<24} {err[0]:>10.3f} {err[1]:>14.3f}")
-    if figure:
-        plot_crossproduct(results, pictures, figure)
-    return results
+def crossproduct_test(n=128, seed=701):
+    """n unseen combinations: positions (n, 2) outside the CROSS_TEST_CORNER square, sizes
+    (n, 1) below LARGE_SIZES, which the data of every fraction f <= 0.1 only has in its corner."""
+    g = torch.Generator().manual_seed(seed)
+    pos = 2 * torch.rand(4 * n, 2, generator=g) - 1  # (4n, 2), then keep n outside the corner
+    pos = pos[(pos < 1 - corner_side(CROSS_TEST_CORNER)).any(1)][:n]
+    size = SIZE_RANGE[0] + (LARGE_SIZES[0] - SIZE_RANGE[0]) * torch.rand(n, 1, generator=g)  # (n, 1)
+    return pos, size
 
 
 def render_truth(pos, size):
@@ -197,15 +140,61 @@ def render_truth(pos, size):
     return to_float(render_shapes(labels))  # (n, 3, 32, 32)
 
 
-def line_of(name):
-    """Which line of the plot a row of crossproduct_study belongs to."""
-    return "holistic" if name.startswith("holistic") else "through" if name.endswith("-through") else "EBMs"
+def crossproduct_study(out_dir, n=128, figure="assets/crossproduct.png"):
+    """Size and position error, read by the judge, of generations at unseen combinations: out_dir/position.pt
+    composed with each fraction folder's size.pt (Langevin from noise), against the holistic generator.
+    f<fraction>/ holds a size EBM trained alone, f<fraction>-through/ one trained through the frozen
+    position EBM. The generators are kept apart, in out_dir/holistic/f<fraction>.pt, trained where missing."""
+    judge, _ = load_judge()
+    pos, size = crossproduct_test(n)
+    position, _ = load_checkpoint(os.path.join(out_dir, "position.pt"))
+    truth = render_truth(pos, size)
+    large = render_truth(pos, torch.full_like(size, 0.65))  # what ignoring the asked size draws
+    rows = [("renders of the truth", None, truth), ("large spheres, asked place", None, large)]  # (name, f, x)
+    folders = sorted((d for d in os.listdir(out_dir) if re.fullmatch(r"f[0-9.]+(-through)?", d)),
+                     key=lambda d: (float(d[1:].removesuffix("-through")), d))
+    if not folders:
+        raise FileNotFoundError(f"{out_dir} holds no fraction folder f<fraction>/ (see README: cross-product)")
+    for d in folders:
+        f = float(d[1:].removesuffix("-through"))
+        size_net, ckpt = load_checkpoint(os.path.join(out_dir, d, "size.pt"))
+        t0 = time.time()
+        expr = (Concept(position, "position", pos.tolist(), "position")
+                & Concept(size_net, "size", size.tolist(), "size"))  # one combination per sample
+        rows.append((f"EBMs, {d}", f, sample(expr, n, sampling_settings(ckpt["config"]), seed=0)))
+        if not d.endswith("-through"):  # (a -through folder has the data of f<fraction>/, whose baseline is in)
+            path = os.path.join(out_dir, "holistic", f"{d}.pt")
+            if os.path.exists(path):
+                gen, _ = load_holistic(path)
+            else:  # trained on the size model's own training data
+                run = Config(**{k: v for k, v in ckpt["config"].items() if k in Config.__dataclass_fields__})
+                gen = train_holistic(dataset_for(run), path).eval()
+            with torch.no_grad():
+                rows.append((f"holistic, {d}", f, gen(torch.cat([pos, size], 1))))
+        print(f"{d} done in {time.time() - t0:.0f} s", flush=True)
+    print(f"{'generator':<24} {'size error':>10} {'position error':>14}   ({n} unseen combinations)")
+    results = []
+    for name, f, x in rows:
+        p = predict(judge, x)
+        results.append((name, f, (p["size"] - size[:, 0]).abs().mean().item(), position_error(p["position"], pos)))
+        print(f"{name:<24} {results[-1][2]:>10.3f} {results[-1][3]:>14.3f}")
+    if figure:
+        plot_crossproduct(results, [("truth", truth[:8])] + [(name, x[:8]) for name, _, x in rows[2:]], figure)
+    return results
+
+
+def save_figure(fig, path, dpi=100):
+    """Lay a figure out, write it to path (making its folder) and close it."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    pyplot().close(fig)
+    print(f"wrote {path}")
 
 
 def plot_crossproduct(results, pictures, figure):
     """Left: 8 generations per row; right: both errors against the fraction of positions."""
-    plt = pyplot()
-    fig = plt.figure(figsize=(11, 0.75 * len(pictures) + 0.5))
+    fig = pyplot().figure(figsize=(11, 0.75 * len(pictures) + 0.5))
     grid = fig.add_gridspec(len(pictures), 3, width_ratios=(2.2, 1, 1))
     for i, (name, x) in enumerate(pictures):
         ax = fig.add_subplot(grid[i, 0])
@@ -215,20 +204,18 @@ def plot_crossproduct(results, pictures, figure):
     truth, large = results[:2]
     for j, what in enumerate(("size error", "position error")):
         ax = fig.add_subplot(grid[:, 1 + j])
-        for kind, label in (("EBMs", "composed EBMs"), ("through", "size learned through position"),
-                            ("holistic", "holistic (MSE)")):
-            pts = sorted((r[1], r[2 + j]) for r in results[2:] if line_of(r[0]) == kind)
-            if pts:
-                ax.plot(*zip(*pts), "o-", label=label)
+        for label, belongs in (("composed EBMs", lambda name: name.startswith("EBMs") and "-through" not in name),
+                               ("size learned through position", lambda name: name.endswith("-through")),
+                               ("holistic (MSE)", lambda name: name.startswith("holistic"))):
+            points = sorted((r[1], r[2 + j]) for r in results[2:] if belongs(r[0]))
+            if points:
+                ax.plot(*zip(*points), "o-", label=label)
         ax.axhline(truth[2 + j], color="grey", ls="--", label="renders of the truth")
         ax.axhline(large[2 + j], color="grey", ls=":", label="large spheres at the asked places")
-        ax.set_xscale("log")
-        ax.set_xlabel("share of positions with every size")
+        ax.set(xscale="log", xlabel="share of positions with every size")
         ax.set_title(f"{what} at unseen combinations", fontsize=9)
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(figure, dpi=110)
-    print(f"wrote {figure}")
+    save_figure(fig, figure, dpi=110)
 
 
 # ----------------------------------------------------------------------------
@@ -258,19 +245,17 @@ def load_position_model(path):
 
 
 def ood_table(models, regressor_path=REGRESSOR_PATH, n=256, seed=301):
-    """Position error of each EBM (argmin of E(x | position)) and of the supervised regressor on
-    renders that change one factor never seen in training: unseen colors, an unseen light
-    (over a sky and ground), unseen sizes, an unseen shape (cone). Prints the table and, last,
-    `ebm_avg X regressor_avg Y` (the first EBM, averaged over the four changed sets)."""
+    """Position error of each EBM (argmin of E(x | position)) and of the supervised regressor on renders
+    that change one factor never seen in training (colors, light over a sky and ground, sizes, a cone).
+    Prints the table and, last, `ebm_avg X regressor_avg Y` (the first EBM, over the four changed sets)."""
     regressor, _ = load_judge(regressor_path)
     ebms = [load_position_model(p) for p in models]
     names = [f"EBM, {ck['config']['steps']} steps" for _, ck in ebms] + ["regressor (MSE)"]
     rows = {}
     for column, heldout in [("Train", None)] + list(OOD_SETS.items()):
         ds = load_dataset("shapes", n=n, seed=seed, heldout=heldout)
-        truth = ds.labels["position"]
-        rows[column] = [position_error(infer(net, ck, ds.x), truth) for net, ck in ebms]
-        rows[column].append(position_error(predict(regressor, ds.x)["position"], truth))
+        found = [infer(net, ck, ds.x) for net, ck in ebms] + [predict(regressor, ds.x)["position"]]
+        rows[column] = [position_error(p, ds.labels["position"]) for p in found]
         print(f"  {column}: " + "  ".join(f"{e:.3f}" for e in rows[column]), flush=True)
     avg = [float(np.mean([rows[c][i] for c in OOD_SETS])) for i in range(len(names))]
     print(f"\nmean absolute position error ({n} renders per set; positions in [-1, 1]; Train: like the training data)")
@@ -282,13 +267,17 @@ def ood_table(models, regressor_path=REGRESSOR_PATH, n=256, seed=301):
     return rows, avg
 
 
+def random_objects(rng, n, sizes=SIZE_RANGE, position=None):
+    """Labels of n objects: random shape, size and color, then random positions unless given (n, 2)."""
+    labels = {"shape": rng.integers(0, len(SHAPES), n), "size": rng.uniform(*sizes, n),
+              "color": np.array(list(COLORS.values()))[rng.integers(0, len(COLORS), n)]}
+    labels["position"] = rng.uniform(*POSITION_RANGE, (n, 2)) if position is None else position
+    return labels
+
+
 def render_views(n_scenes, n_views, seed, scene="ground", clutter=1):
-    """n_scenes objects, each seen n_views times under a different light and different clutter:
-    (S, K, 3, H, W) images and the (S, 2) positions."""
-    rng = np.random.default_rng(seed)
-    labels = {"shape": rng.integers(0, len(SHAPES), n_scenes), "size": rng.uniform(*SIZE_RANGE, n_scenes),
-              "color": np.array(list(COLORS.values()))[rng.integers(0, len(COLORS), n_scenes)],
-              "position": rng.uniform(*POSITION_RANGE, (n_scenes, 2))}
+    """n_scenes objects, each seen n_views times under other lights and clutter: (S, K, 3, H, W), (S, 2)."""
+    labels = random_objects(np.random.default_rng(seed), n_scenes)
     views = [render_shapes(labels, 32, scene, clutter, seed=seed + 1 + k) for k in range(n_views)]  # K x (S, H, W, 3)
     return to_float(np.stack(views, 1)), torch.from_numpy(labels["position"]).float()  # (S, K, 3, H, W), (S, 2)
 
@@ -304,19 +293,14 @@ def views_table(model, n_scenes=64, max_views=8, seed=401, figure="assets/infer_
         start = values[e[:, :k].sum(1).argmin(1)]  # (S, 2)
         errors.append(position_error(refine(net, ckpt, x[:, :k], start), truth))
         print(f"{k} view(s): mean absolute position error {errors[-1]:.3f}", flush=True)
-    plt = pyplot()
-    fig, ax = plt.subplots(1, 2, figsize=(7, 3), gridspec_kw={"width_ratios": [1.3, 1]})
+    fig, ax = pyplot().subplots(1, 2, figsize=(7, 3), gridspec_kw={"width_ratios": [1.3, 1]})
     rows = x[0].reshape(2, max_views // 2, 3, 32, 32).permute(0, 3, 1, 4, 2)  # (2, H, K/2, W, 3)
     ax[0].imshow(rows.reshape(64, -1, 3).numpy())
     ax[0].set_title("the views of one object", fontsize=8)
     ax[0].axis("off")
     ax[1].plot(range(1, max_views + 1), errors, "o-")
     ax[1].set(xlabel="views", ylabel="position error", ylim=(0, None))
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(figure) or ".", exist_ok=True)
-    fig.savefig(figure, dpi=100)
-    plt.close(fig)
-    print(f"wrote {figure}")
+    save_figure(fig, figure)
     print(f"views_1 {errors[0]:.3f} views_{max_views} {errors[-1]:.3f}")
     return errors
 
@@ -329,19 +313,15 @@ def two_object_images(n, seed, min_apart=TWO_OBJECTS_APART):
     rng = np.random.default_rng(seed)
     pos = rng.uniform(*POSITION_RANGE, (8 * n, 2, 2))
     pos = pos[np.linalg.norm(pos[:, 0] - pos[:, 1], axis=1) >= min_apart][:n]  # (n, 2, 2)
-    layers = []
-    for k in range(2):
-        labels = {"shape": rng.integers(0, len(SHAPES), n), "size": rng.uniform(0.3, 0.4, n),
-                  "color": np.array(list(COLORS.values()))[rng.integers(0, len(COLORS), n)], "position": pos[:, k]}
-        layers.append(to_float(render_shapes(labels, 32, seed=seed)))  # (n, 3, H, W)
-    drawn = (layers[1] - 0.5).abs().amax(1, keepdim=True) > 0.02  # (n, 1, H, W): the second object's pixels
-    return torch.where(drawn, layers[1], layers[0]).contiguous(), torch.from_numpy(pos).float()
+    first, second = (to_float(render_shapes(random_objects(rng, n, (0.3, 0.4), pos[:, k]), 32, seed=seed))
+                     for k in range(2))  # (n, 3, H, W) each
+    drawn = (second - 0.5).abs().amax(1, keepdim=True) > 0.02  # (n, 1, H, W): the second object's pixels
+    return torch.where(drawn, second, first).contiguous(), torch.from_numpy(pos).float()
 
 
 def objects_table(model, n=128, seed=501, figure="assets/infer_two_objects.png"):
-    """Figure 10's analog: the single-object position model's energy map over an image of two
-    objects; recovered when its two lowest local minima lie within POSITION_TOL of the two
-    objects (one minimum each)."""
+    """Figure 10's analog: the single-object position model's energy map over images of two objects;
+    recovered where its two lowest local minima lie within POSITION_TOL of the two objects, one each."""
     net, _ = load_position_model(model)
     x, pos = two_object_images(n, seed)
     found = []
@@ -384,9 +364,8 @@ def seed_quality(expr, settings, seeds):
 
 
 def sampler_study(ckpt_dir="out-toy2d", shapes_dir="checkpoints/shapes", seeds=(0, 1, 2)):
-    """ULA, MALA and HMC (5 leapfrog steps) at equal numbers of gradient evaluations (300 on
-    toy2d, annealed from T = 20 with resampling; 200 on shapes, the cold image sampler):
-    median over seeds of each row's mode TV, the worst precision, and the time."""
+    """ULA, MALA and HMC (5 leapfrog steps) at equal gradient evaluations (toy2d: 300, annealed from T = 20
+    with resampling; shapes: 200, cold): median over seeds of each mode TV, the worst precision, the time."""
     methods = [("ula", {}), ("mala", {}), ("hmc", {"leapfrog": 5})]
     print(f"{'energies':<8} {'sampler':<7} {'mode TV by expression (median of 3 seeds)':<58} "
           f"{'median':>6} {'min prec':>8} {'time':>7}")
@@ -409,11 +388,10 @@ def sampler_study(ckpt_dir="out-toy2d", shapes_dir="checkpoints/shapes", seeds=(
 
 
 def tempered_concepts(trained, figure):
-    """Draw the energies each trained toy2d model gives its own data (a histogram per model) to
-    `figure`, and return the models with a per-model temperature that aligns their spreads:
-    every energy divided by T_m = its data spread / the median spread."""
-    plt, ds, spread = pyplot(), make_toy2d(20_000, seed=123), {}
-    fig, ax = plt.subplots(figsize=(7, 3.5))
+    """A histogram of the energies each trained toy2d model gives its own data (to `figure`), and the models
+    tempered to align their spreads: each energy divided by T_m = its data spread / the median spread."""
+    ds, spread = make_toy2d(20_000, seed=123), {}
+    fig, ax = pyplot().subplots(figsize=(7, 3.5))
     for name, c in trained.items():
         mine = ds.x[ds.labels[c.family] == c.value]  # (n, 2) the concept's own data
         with torch.no_grad():
@@ -422,18 +400,14 @@ def tempered_concepts(trained, figure):
         ax.hist(e.numpy(), bins=60, histtype="step", label=f"{name} (mean {e.mean():.2f}, std {e.std():.2f})")
     ax.set_xlabel("E(x | c) on the concept's own data")
     ax.legend(fontsize=7)
-    os.makedirs(os.path.dirname(figure), exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(figure, dpi=100)
-    print(f"wrote {figure}")
+    save_figure(fig, figure)
     ref = statistics.median(spread.values())
     return {n: Concept(lambda x, v, m=c.model, t=spread[n] / ref: m(x, v) / t, c.family, c.value, n,
                        c.data_energy * ref / spread[n]) for n, c in trained.items()}
 
 
 def partition_study(ckpt_dir="out-toy2d", figure="assets/toy2d_energy_hist.png", seeds=(0, 1, 2)):
-    """Appendix A.6 on toy2d: the energies each trained model gives its own data (a figure), a
-    per-model temperature that aligns their spreads, and disjunctions before and after
+    """Appendix A.6 on toy2d: disjunctions of the exact, trained and tempered energies, before and after
     weighting every disjunct by its partition function (quadrature; AIS for comparison)."""
     sets = toy2d_sets(ckpt_dir)
     if len(sets) == 2:  # trained models: also their tempered versions

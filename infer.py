@@ -1,9 +1,8 @@
 """Concept inference, and the supervised judge that scores generated images.
 
-The judge is a plain supervised CNN that reads shape, color, size and position
-off a `shapes` image. It is how compositions are measured (is a sample of
-"sphere & blue" a blue sphere?), and it is the supervised baseline that energy
-based inference is compared against.
+The judge is a plain supervised CNN that reads shape, color, size and position off a `shapes`
+image: it measures compositions (is a sample of "sphere & blue" a blue sphere?), and it is the
+supervised baseline that energy-based inference is compared against.
 
     python infer.py --train_judge                      # ~5 min on 2 CPU cores -> checkpoints/supervised/judge.pt
     python infer.py --score "sphere & blue" --samples out/x.npz
@@ -12,19 +11,12 @@ based inference is compared against.
 
 Concept inference (paper section 3.5): the value of a concept family behind an image is
 argmin_c E(x | c); several views of one scene sum their energies (eq. 12, `--joint`).
-`infer` tries every value of a discrete family, or a grid over a continuous one that
-gradient descent then refines; `energy_map` draws a position model's energy over
-positions, whose local minima are where it sees objects. The paper's inference
-experiments (Table 1, Figures 9a and 10) measure these: python experiments.py ood|views|objects.
+experiments.py ood|views|objects measures it (Table 1, Figures 9a and 10).
 
-`--score` judges every sample against every concept of the expression and
-prints, last, `accuracy X`: the share of samples in which the whole expression
-holds (`&`: all, `|`: any, `~`: not). A size holds within 0.1, a position within
-0.15. An expression with two or more positions asks for that many objects
-(paper Figure 5): it is judged by counting the saturated blobs on the grey
-background and placing them (`blobs`); two objects that touch make one blob,
-so ask for places far enough apart for the objects' sizes. Each score is printed next to the same
-score on uniform-noise images: what a generator that learned nothing gets.
+`--score` prints, last, `accuracy X`: the share of samples that show the objects asked for and in
+which the whole expression holds (a size within 0.1, a position within 0.15). Two or more positions
+ask for that many objects (paper Figure 5), counted as blobs on the grey background: objects that
+touch make one. Every score comes with the same score on uniform noise (a generator that learned nothing).
 """
 import argparse
 import os
@@ -85,8 +77,7 @@ def predict(judge, x, batch=512):
     """The judge's reading of images x (N, 3, H, W): shape and color indices, size, position."""
     outs = [judge(xb) for xb in x.split(batch)]
     cat = {k: torch.cat([o[k] for o in outs]) for k in outs[0]}
-    return {"shape": cat["shape"].argmax(1), "color": cat["color"].argmax(1),
-            "size": cat["size"], "position": cat["position"]}
+    return dict(cat, shape=cat["shape"].argmax(1), color=cat["color"].argmax(1))
 
 
 def judge_accuracy(judge, ds):
@@ -100,19 +91,17 @@ def judge_accuracy(judge, ds):
 
 def train_judge(path=JUDGE_PATH, heads=HEADS, data=dict(n=40_000, seed=101), epochs=12, batch=128, lr=2e-3,
                 seed=1):
-    """Train the judge's network on `heads` (a subset of HEADS) of rendered `data`; report
-    it on 4,000 held-out renders of another seed. The judge reads every head from renders
-    of its own seed; the regressor baseline reads only position, from the position
-    EBM's own training data."""
+    """Train the judge's network on `heads` (a subset of HEADS) of renders `data`; report it on
+    4,000 held-out renders of another seed. (The regressor baseline: only position, on the
+    position EBM's own training data.)"""
     torch.manual_seed(seed)
     ds = load_dataset("shapes", **data)
     test = load_dataset("shapes", n=4000, seed=seed + 200)
     judge = Judge()
     weight = {"shape": 1, "color": 1, "size": 20, "position": 20}  # the MSEs are small numbers
     opt = torch.optim.AdamW(judge.parameters(), lr=lr, weight_decay=1e-4)
-    n = len(ds)
-    steps, t0 = epochs * (n // batch), time.time()
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=steps)
+    n, t0 = len(ds), time.time()
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=epochs * (n // batch))
     for epoch in range(epochs):
         judge.train()
         for idx in torch.randperm(n).split(batch)[: n // batch]:
@@ -138,10 +127,9 @@ def train_judge(path=JUDGE_PATH, heads=HEADS, data=dict(n=40_000, seed=101), epo
 # ----------------------------------------------------------------------------
 # concept inference by energy: c* = argmin_c sum_i E(x_i | c)   (paper eq. 12)
 
-
 def candidate_values(ckpt, n_grid):
-    """The values to try: every index of a discrete family; a grid over the range of a
-    continuous one (n_grid per number): (V,) long or (V, d) float."""
+    """The values to try: every index of a discrete family (V,), or a grid of n_grid per number over a
+    continuous one's range (V, d)."""
     if ckpt["encoding"] == "index":
         return torch.arange(len(ckpt["values"]))
     low, high = ckpt["range"]
@@ -157,13 +145,10 @@ def energies_over(net, x, values):
 
 
 def infer(net, ckpt, x, joint=False, n_grid=21, refine_steps=60):
-    """Inferred values of the model's concept family for images x.
-
-    x (N, 3, H, W): one value per image, (N,) or (N, d); with joint=True one value for
-    all the images together, (1,) or (1, d): several views of one scene. x (S, K, 3, H, W):
-    S scenes of K views each, one value per scene. Views combine by summing their
-    energies (eq. 12). Discrete: the argmin over every value. Continuous: the argmin
-    over a grid, then gradient descent on the numbers (Adam, kept inside the range)."""
+    """Inferred values of the model's concept family for images x (N, 3, H, W): one per image, (N,) or
+    (N, d); with joint=True one for all, (1,) or (1, d). For x (S, K, 3, H, W): one per scene of K views.
+    Views sum their energies (eq. 12). Discrete: the argmin over every value; continuous: the argmin
+    over a grid, then gradient descent on the numbers (`refine`)."""
     views = x if x.dim() == 5 else x[None] if joint else x[:, None]  # (S, K, 3, H, W)
     values = candidate_values(ckpt, n_grid)
     e = energies_over(net, views.flatten(0, 1), values).view(*views.shape[:2], -1).sum(1)  # (S, V): eq. 12
@@ -174,8 +159,7 @@ def infer(net, ckpt, x, joint=False, n_grid=21, refine_steps=60):
 
 
 def refine(net, ckpt, views, start, steps=60):
-    """Gradient descent on continuous values (S, d) from `start`, each scene's energy summed over
-    its views (S, K, 3, H, W); Adam, clamped to the family's range."""
+    """Adam on continuous values (S, d) from `start`, kept in range, on the energy summed over views (S, K, 3, H, W)."""
     low, high = ckpt["range"]
     flat, K = views.flatten(0, 1), views.shape[1]
     c = start.clone().requires_grad_(True)
@@ -191,9 +175,8 @@ def refine(net, ckpt, views, start, steps=60):
 
 
 def energy_map(net, x, n_grid=41):
-    """A position model's energy over a grid of positions for one image x (3, H, W):
-    (n_grid, n_grid) with y up (row 0 is y = high), the grid axis, and the local minima
-    (positions whose energy is lowest in their 3x3 neighbourhood), lowest first."""
+    """A position model's energy over a grid of positions for one image x (3, H, W): (n_grid, n_grid), y up,
+    the grid axis, and the local minima (lowest in their 3x3 neighbourhood: where it sees objects), lowest first."""
     values = candidate_values({"encoding": "numbers", "range": POSITION_RANGE, "values": ("x", "y")}, n_grid)
     e = energies_over(net, x[None], values)[0].reshape(n_grid, n_grid).flip(0)  # (n, n): rows y high -> low
     padded = F.pad(e[None, None], (1, 1, 1, 1), value=float("inf"))
@@ -244,7 +227,6 @@ def read_images(paths, size):
 # ----------------------------------------------------------------------------
 # scoring compositions
 
-
 def judge_vocabulary(ckpt):
     """The names the judge can read, as concepts without models (for parse)."""
     names = {n: Concept(None, "shape", i, n) for i, n in enumerate(ckpt["shapes"])}
@@ -255,27 +237,25 @@ def judge_vocabulary(ckpt):
 
 
 def blobs(x, min_pixels=4, max_share=0.3):
-    """Saturated connected regions on the grey background: per image, a list of (x, y) positions
-    in the dataset's coordinates (data.render_shapes: centre = W/2 * (1 + POSITION_SCALE x), y up).
-    A region over max_share of the image is larger than any object (the largest covers ~20%):
-    it is noise, not an object, and is not counted."""
+    """Saturated connected regions on the grey background: per image, a list of their (x, y) positions in
+    the dataset's coordinates (data.render_shapes: centre = W/2 * (1 + POSITION_SCALE x), y up). A region
+    over max_share of the image is noise, not an object (the largest covers ~20%), and is not counted."""
     sat = (x.max(1).values - x.min(1).values) > 0.25  # (N, H, W): colored, not grey
     h, w = sat.shape[1:]
     found = []
     for m in sat.numpy():
-        seen, places = np.zeros_like(m), []
-        for i, j in zip(*np.nonzero(m)):
-            if seen[i, j]:
-                continue
-            stack, pix = [(i, j)], []  # flood fill, 4-connected
-            seen[i, j] = True
+        todo, places = set(zip(*np.nonzero(m))), []  # saturated pixels not yet in a region
+        while todo:
+            stack = [min(todo)]  # flood fill, 4-connected, from the first pixel left in row-major order
+            todo.remove(stack[0])
+            pix = []
             while stack:
                 a, b = stack.pop()
                 pix.append((a, b))
-                for u, v in ((a + 1, b), (a - 1, b), (a, b + 1), (a, b - 1)):
-                    if 0 <= u < h and 0 <= v < w and m[u, v] and not seen[u, v]:
-                        seen[u, v] = True
-                        stack.append((u, v))
+                for q in ((a + 1, b), (a - 1, b), (a, b + 1), (a, b - 1)):
+                    if q in todo:
+                        todo.remove(q)
+                        stack.append(q)
             if min_pixels <= len(pix) <= max_share * h * w:
                 rows, cols = np.array(pix).T + 0.5  # pixel centres
                 places.append(((cols.mean() / (w / 2) - 1) / POSITION_SCALE,
@@ -299,29 +279,27 @@ def positions_hold(places, asked):
     return near and len(places) == len(distinct_places(asked))
 
 
+def asked_positions(expr):
+    """The position concepts of a conjunction: two or more ask for that many objects."""
+    return [t for t in expr.terms if isinstance(t, Concept) and t.family == "position"] if isinstance(expr, And) else []
+
+
 def objects_asked(expr):
-    """How many objects an expression asks for: one per distinct place where a conjunction
-    names several positions, else one."""
-    if isinstance(expr, And):
-        asked = [t.value for t in expr.terms if isinstance(t, Concept) and t.family == "position"]
-        if len(asked) >= 2:
-            return len(distinct_places(asked))
-    return 1
+    """How many objects an expression asks for: one per distinct place of a conjunction's positions, at least one."""
+    return max(1, len(distinct_places([t.value for t in asked_positions(expr)])))
 
 
 def shows_objects(x, places, k):
-    """(N,) bool: the object rule. An image x (N, 3, H, W) counts only where it shows the k
-    objects asked for: k saturated blobs (places: blobs(x)) on a background that is mostly the
-    plain grey (0.5). The judge reads any image, and calls smooth noise a cube and an empty
-    grey image size 0.35, so its reading alone is not enough. (Every training render is at
-    least 75% grey; smooth noise at most 11%.)"""
+    """(N,) bool: the object rule. An image x (N, 3, H, W) counts only where it shows the k objects
+    asked for: k saturated blobs (places: blobs(x)) on a mostly plain grey (0.5) background. The
+    judge alone is not enough: it calls smooth noise a cube and an empty grey image size 0.35.
+    (Every training render is at least 75% grey; smooth noise at most 11%.)"""
     grey = ((x - 0.5).abs().amax(1) < 0.1).float().mean((1, 2)) >= 0.6  # (N,)
     return grey.cpu() & torch.tensor([len(p) == k for p in places], dtype=torch.bool)
 
 
 def reads_as(family, pred, value):
-    """(N,) bool: does the judge read `value` of `family`? value: an index or numbers, one for
-    all images (() or (d,)) or one per image ((N,) or (N, d))."""
+    """(N,) bool: does the judge read `value` of `family`? value: one for all, () or (d,), or each, (N,) or (N, d)."""
     v = pred[family]
     if family in ("shape", "color"):
         return v == value
@@ -338,7 +316,7 @@ def holds(expr, pred, places):
         return ~holds(expr.inner, pred, places)
     if isinstance(expr, Or):
         return torch.stack([holds(t, pred, places) for t in expr.terms]).any(0)
-    positions = [t for t in expr.terms if isinstance(t, Concept) and t.family == "position"]
+    positions = asked_positions(expr)
     ok = torch.ones(len(places), dtype=torch.bool)
     if len(positions) >= 2:  # several positions: several objects, counted and placed
         ok &= torch.tensor([positions_hold(p, [t.value for t in positions]) for p in places])
@@ -349,8 +327,7 @@ def holds(expr, pred, places):
 
 
 def score(expr, x, judge):
-    """Share of images x (N, 3, H, W) that show the objects asked for and in which `expr`
-    holds, and the same share per concept of a conjunction."""
+    """Share of images x (N, 3, H, W) that show the objects asked for and in which `expr` holds; the same per part."""
     pred, places = predict(judge, x), blobs(x)
     shown = shows_objects(x, places, objects_asked(expr))  # (N,)
     atoms = expr.terms if isinstance(expr, And) else [expr]

@@ -18,6 +18,7 @@ numbers of a continuous one (`size`: 0.45; `position`: (0.5, -0.3)).
 
     net, ckpt = load_checkpoint("out-toy2d/vertical.pt")   # weights_only=True
 
+build_concept_model sizes a network for one family of a dataset from train.py's settings.
 This file imports nothing from the project.
 """
 import math
@@ -93,7 +94,7 @@ IMAGE_PRESETS = {
 @dataclass
 class ImageConfig:
     image_size: int = 32
-    channels: tuple = (16, 32, 64, 64)  # a residual block per entry; every block but the first starts at half the resolution
+    channels: tuple = (16, 32, 64, 64)  # a residual block per entry; each but the first at half the resolution
     pool: str = "sum"  # the last block's map to the energy: "sum" or "mean" (global pooling), or
     # "dense" (the whole final map flattened into the linear layer: it keeps where things are)
     coords: bool = True  # append x, y coordinate channels to the image (see ImageEnergy)
@@ -165,7 +166,8 @@ class ImageEnergy(nn.Module):
         final = cfg.image_size >> (len(ch) - 1)  # side of the last block's map
         self.out = nn.Linear(ch[-1] * (final ** 2 if cfg.pool == "dense" else 1), 1)  # not normalised: sets the scale
         lin = torch.linspace(-1, 1, cfg.image_size)
-        self.register_buffer("grid", torch.stack(torch.meshgrid(lin, -lin, indexing="xy"))[None], persistent=False)  # (1, 2, H, W): x right, y up
+        grid = torch.stack(torch.meshgrid(lin, -lin, indexing="xy"))[None]  # (1, 2, H, W): x right, y up
+        self.register_buffer("grid", grid, persistent=False)
 
     def concept_vector(self, c):
         """Value indices (B,) or () -> one-hot (B or 1, n); numbers (B, d) or (d,) -> (B or 1, d) in [-1, 1]."""
@@ -210,6 +212,38 @@ def build_model(kind, **kwargs):
         raise ValueError(f"unknown model kind {kind!r}; known kinds: {', '.join(MODELS)}")
     cfg_cls, net_cls = MODELS[kind]
     return net_cls(cfg_cls(**kwargs))
+
+
+def build_concept_model(cfg, ds, family):
+    """The network for one family of dataset ds, sized by train.py's Config: an MLP for 2D points,
+    the image ResNet (a preset, and a pool) for images."""
+    lo, hi = ds.data_range
+    if ds.x.dim() == 2:
+        return build_model("mlp", in_dim=ds.x.shape[1], n_freqs=cfg.n_freqs, x_scale=max(abs(lo), abs(hi)),
+                           hidden=cfg.hidden, depth=cfg.depth, n_values=len(ds.concepts[family]))
+    preset = dict(IMAGE_PRESETS[cfg.preset], image_size=ds.x.shape[-1], **({"pool": cfg.pool} if cfg.pool else {}))
+    if family in ds.ranges:  # continuous: the numbers themselves condition the model
+        low, high = ds.ranges[family]
+        return build_model("image", **preset, cond_dim=len(ds.concepts[family]), cond_low=low, cond_high=high)
+    return build_model("image", **preset, n_values=len(ds.concepts[family]))
+
+
+def ema_updater(raw, ema, decay):
+    """A function that moves `ema`, a copy of `raw`, towards raw's live weights by 1 - decay: one
+    multi-tensor kernel, not one per tensor. state_dict tensors share storage with the modules (which
+    the optimizer updates in place); spectral norm's singular vectors are copied, not averaged."""
+    if ema is None:
+        return lambda: None
+    live, avg = raw.state_dict(), ema.state_dict()
+    singular = [k for k in avg if k.endswith(("._u", "._v"))]
+    mixed = [[state[k] for k in avg if k not in singular] for state in (avg, live)]
+    copied = [[state[k] for k in singular] for state in (avg, live)]
+
+    def update():  # the tensor lists are built once, not every iteration
+        with torch.no_grad():
+            torch._foreach_lerp_(*mixed, 1 - decay)
+            torch._foreach_copy_(*copied)
+    return update
 
 
 def model_args(net):

@@ -12,10 +12,12 @@ T = 1 by the last step, so that they spread over every basin before they
 settle; `resample=True` adds importance resampling, so that each mode ends
 with its share of probability and not the share of chains that fell into it.
 
-    from sampler import langevin, run_chains, ReplayBuffer
+    from sampler import langevin, run_chains, sample_chains, log_partition, ReplayBuffer
     x = langevin(energy, x0, n_steps=60, step_size=0.01, clamp=(-3, 3))         # (B, ...) samples
     out = run_chains(energy, x0, 300, 0.01, anneal=20, resample=True, clamp=(-3, 3), keep_every=6)
     out.x, out.snapshots, out.log_z                                             # samples, [x0, ...], log Z
+    out = sample_chains(energy, 2000, settings)   # the same from uniform noise, settings in a dict
+    log_partition(energy, settings)               # log Z over the data box
 
 `energy` is any function x (B, ...) -> (B,): a model with a concept bound, or
 a whole composition (compose.py). Only input gradients are computed: the
@@ -40,6 +42,13 @@ def langevin(energy, x, n_steps, step_size, noise_scale=None, clamp=None, grad_c
     (B, ...). This is the sampler of training; for annealing, resampling, Metropolis tests,
     log Z or snapshots of the chains, use run_chains."""
     return run_chains(energy, x, n_steps, step_size, noise_scale, clamp=clamp, grad_clip=grad_clip).x
+
+
+def uniform_in_box(shape, data_range, device="cpu", generator=None):
+    """Points of `shape` uniform in the data box [lo, hi] (data_range = (lo, hi)): where chains
+    start when they start from noise."""
+    lo, hi = data_range
+    return lo + (hi - lo) * torch.rand(shape, generator=generator, device=device)
 
 
 @dataclass
@@ -127,6 +136,40 @@ def run_chains(energy, x, n_steps, step_size, noise_scale=None, anneal=1.0, resa
         out.log_z += x[0].numel() * math.log(clamp[1] - clamp[0])  # the start is uniform on the box
     return out
 
+
+
+def sample_chains(energy, n, settings, seed=0, keep_every=0, device="cpu"):
+    """run_chains from n points uniform in the data box, with the sampler settings of a dict
+    (compose.sampling_settings): steps, step_size, noise_scale, anneal, resample, grad_clip,
+    data_range, x_shape and, optionally, method and leapfrog. Returns the Chains."""
+    g = torch.Generator(device=device).manual_seed(seed)
+    x0 = uniform_in_box((n, *settings["x_shape"]), settings["data_range"], device, g)  # (n, ...)
+    torch.manual_seed(seed)  # the Langevin noise
+    with torch.nn.utils.parametrize.cached():  # spectral norm: W / sigma once, not every step
+        return run_chains(energy, x0, settings["steps"], settings["step_size"], settings["noise_scale"],
+                          anneal=settings["anneal"], resample=settings["resample"], clamp=settings["data_range"],
+                          grad_clip=settings["grad_clip"], keep_every=keep_every,
+                          **{k: settings[k] for k in ("method", "leapfrog") if k in settings})
+
+
+def sample(energy, n, settings, seed=0, device="cpu"):
+    """n samples (n, ...) of `energy`: sample_chains without the rest of the Chains."""
+    return sample_chains(energy, n, settings, seed=seed, device=device).x
+
+
+def log_partition(energy, settings, n=512, seed=0, ais=None):
+    """log Z = log of the integral of exp(-E) over the data box. For 2D data a quadrature on
+    a 600x600 grid (exact to the plotting eye); otherwise (or with ais=True) annealed
+    importance sampling with n chains of MALA from uniform noise: unbiased in Z."""
+    lo, hi = settings["data_range"]
+    if not ais and tuple(settings["x_shape"]) == (2,):
+        g = torch.linspace(lo, hi, 600)
+        grid = torch.stack(torch.meshgrid(g, g, indexing="xy"), -1).reshape(-1, 2)  # (360000, 2)
+        with torch.no_grad():
+            e = torch.cat([energy(chunk) for chunk in grid.split(40_000)])
+        return (torch.logsumexp(-e, 0) + 2 * math.log(g[1] - g[0])).item()
+    s = dict(settings, method="mala", anneal=max(settings["anneal"], 20.0), resample=True)
+    return sample_chains(energy, n, s, seed=seed).log_z
 
 def resample_if_uneven(log_w, chains, out, last):
     """Sequential Monte Carlo's resampling: when the importance weights grow uneven (effective

@@ -1,38 +1,13 @@
-"""Train concept EBMs by contrastive divergence with a replay buffer.
+"""Train concept EBMs by contrastive divergence with a replay buffer, one model per concept family.
 
-    python train.py --dataset toy2d                  # one model per family, about 2 minutes on 2 CPU cores
+    python train.py --dataset toy2d                  # every family, about 2 minutes on 2 CPU cores
     python train.py --dataset toy2d --max_iters=300  # any field of Config, as --key value or --key=value
     python train.py --dataset toy2d --resume         # continue a stopped run from its checkpoints
     python train.py --dataset shapes --concept color --out_dir out-shapes   # one image concept model
     python train.py --dataset toy2d --concept ring --frozen out-a/vertical.pt   # learn through a frozen model
 
-One model is trained per concept family (`--concept vertical` trains just one,
-`--concept Smiling,Male` two) and written to `<out_dir>/<family>.pt`. Each iteration:
-  1. x+ (B, ...), c+ (B,): a batch of data and its family labels
-  2. x- (B, ...), c-: chains drawn from the replay buffer, advanced by `steps`
-     Langevin steps on E(. | c-), and written back. A share `reinit_prob` of them
-     restart, from a perturbed data point of their concept (why: see below)
-  3. loss = mean E(x+|c+) - mean E(x-|c-) + l2 * (mean E(x+)^2 + mean E(x-)^2)
-     (Du & Mordatch 2019): pushes data energies down and sample energies up; the
-     l2 term keeps energies near zero so they cannot drift without bound.
-With --frozen (continual learning, paper 3.3) the energy in steps 2 and 3 is the sum of
-the new model and the frozen ones, each under the chain's own label of its family:
-the new model learns only what the frozen ones do not already say.
-
-Why restart near the data: a chain stays in the mode it first falls into, so the
-buffer holds each mode in proportion to how many restarted chains reached it.
-Restarts from uniform noise (`--reinit_from_data 0`, the paper's) reach modes in
-proportion to their basins; restarts near the data reach each mode in proportion
-to its data, and the l2 term then pulls every mode to the same depth.
-Adam with beta1 = 0, as in the paper, and a cosine decay of the learning rate.
-Checkpoints are written atomically every `ckpt_interval` iterations; `--resume`
-continues from them on any device. Small 2D models train side by side in
-single-threaded processes (`--workers`): they are bound by Python, not arithmetic.
-toy2d runs end with a figure (`<out_dir>/toy2d.png`) and the quality table of the
-standard compositions. Images change the defaults (DATASET_DEFAULTS): a cold sampler
-with large clipped steps, as in the paper's code; a grid of the chains goes to
-`<out_dir>/<family>_samples.png` and the weights of every checkpoint to
-`<out_dir>/snapshots/`, to measure quality against time (`python bench.py --curve DIR`).
+Each model goes to `<out_dir>/<family>.pt` (the loop: train_concept). toy2d runs end with a figure
+(`<out_dir>/toy2d.png`) and the quality table of the standard compositions.
 """
 import argparse
 import copy
@@ -42,7 +17,6 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
@@ -50,11 +24,11 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from compose import format_table, load_concepts, sampling_settings, save_image_grid, toy2d_report
 from data import load_dataset
-from model import IMAGE_PRESETS, build_model, load_checkpoint, model_args, save_checkpoint
-from sampler import ReplayBuffer, langevin
+from model import IMAGE_PRESETS, build_concept_model, ema_updater, load_checkpoint, model_args, save_checkpoint
+from sampler import ReplayBuffer, langevin, uniform_in_box
 
 
-@dataclass
+@dataclasses.dataclass
 class Config:
     dataset: str = "toy2d"
     concept: str = ""  # the families to train, comma-separated (e.g. Smiling,Male); empty: every family
@@ -106,21 +80,31 @@ class Config:
     snapshots: bool = False  # also keep the weights of every checkpoint in <out_dir>/snapshots/
 
 
-# Per-dataset defaults, applied before the command line. Images want a cold,
-# large-step sampler (the released code: step 10-100, noise 0.005, clipped to
-# [0, 1]), fewer Langevin steps per iteration and many more iterations.
+# Per-dataset defaults, applied before the command line (other settings: Config's). Images want a
+# cold, large-step sampler (the released code: step 10-100, noise 0.005, clipped to [0, 1]), fewer
+# Langevin steps per iteration and many more iterations.
+IMAGE_DEFAULTS = dict(min_lr_ratio=0.1, l2=0.1, step_size=20.0, noise_scale=0.005, grad_clip=0.01, reinit_from_data=0.5,
+                      reinit_noise=0.1, reinit_any=True, eval_anneal=1.0, log_interval=50, ema=0.99)
 DATASET_DEFAULTS = {
-    "shapes": dict(n_data=20_000, max_iters=4000, batch_size=64, lr=1e-3, min_lr_ratio=0.1, l2=0.1,
-                   steps=10, step_size=20.0, noise_scale=0.005, grad_clip=0.01, buffer_size=5000,
-                   reinit_prob=0.05, reinit_from_data=0.5, reinit_noise=0.1, reinit_any=True,
-                   eval_steps=200, eval_anneal=1.0, log_interval=50, ckpt_interval=250, snapshots=True, ema=0.99),
-    # the paper's scale, for a GPU: batch 128 per process (with torchrun the global
-    # batch is 128 x processes); 40 Langevin steps as in the released code; not tuned here
-    "celeba": dict(img_size=64, max_iters=20_000, batch_size=128, lr=2e-4, min_lr_ratio=0.1, l2=0.1,
-                   steps=40, step_size=20.0, noise_scale=0.005, grad_clip=0.01, buffer_size=10_000,
-                   reinit_prob=0.05, reinit_from_data=0.5, reinit_noise=0.1, reinit_any=True,
-                   eval_steps=200, eval_anneal=1.0, log_interval=50, ckpt_interval=500, ema=0.99),
+    "shapes": dict(IMAGE_DEFAULTS, n_data=20_000, max_iters=4000, batch_size=64, lr=1e-3, steps=10,
+                   buffer_size=5000, snapshots=True),
+    # the paper's scale, for a GPU: batch 128 per process (with torchrun the global batch is
+    # 128 x processes); 40 Langevin steps as in the released code; not tuned here
+    "celeba": dict(IMAGE_DEFAULTS, img_size=64, max_iters=20_000, batch_size=128, lr=2e-4, steps=40,
+                   ckpt_interval=500),
 }
+
+
+def value_of(key, kind):
+    """The parser of one setting's value: int, float, str, or a boolean spelt true/false/1/0."""
+    def parse(value):
+        try:
+            if kind is bool:
+                return {"true": True, "1": True, "false": False, "0": False}[value.lower()]
+            return kind(value)
+        except (KeyError, ValueError):
+            raise argparse.ArgumentTypeError(f"bad value {value!r} for --{key}: expected {kind.__name__}") from None
+    return parse
 
 
 def parse_config(argv):
@@ -130,7 +114,8 @@ def parse_config(argv):
                                 allow_abbrev=False, exit_on_error=False)
     for f in dataclasses.fields(Config):
         kind = type(f.default)  # a bare --flag sets a boolean
-        p.add_argument(f"--{f.name}", type=value_of(f.name, kind), **(dict(nargs="?", const=True) if kind is bool else {}))
+        p.add_argument(f"--{f.name}", type=value_of(f.name, kind),
+                       **(dict(nargs="?", const=True) if kind is bool else {}))
     try:
         args, rest = p.parse_known_args(argv)
     except argparse.ArgumentError as e:
@@ -157,43 +142,18 @@ def parse_config(argv):
     return cfg
 
 
-def value_of(key, kind):
-    """The parser of one setting's value: int, float, str, or a boolean spelt true/false/1/0."""
-    def parse(value):
-        try:
-            if kind is bool:
-                if value.lower() not in ("true", "false", "1", "0"):
-                    raise ValueError
-                return value.lower() in ("true", "1")
-            return kind(value)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"bad value {value!r} for --{key}: expected {kind.__name__}") from None
-    return parse
-
-
-def build_concept_model(cfg, ds, family):
-    """The network for one family: an MLP for 2D points, the image ResNet for images."""
-    lo, hi = ds.data_range
-    if ds.x.dim() == 2:
-        return build_model("mlp", in_dim=ds.x.shape[1], n_freqs=cfg.n_freqs, x_scale=max(abs(lo), abs(hi)),
-                           hidden=cfg.hidden, depth=cfg.depth, n_values=len(ds.concepts[family]))
-    preset = dict(IMAGE_PRESETS[cfg.preset], image_size=ds.x.shape[-1], **({"pool": cfg.pool} if cfg.pool else {}))
-    if family in ds.ranges:  # continuous: the numbers themselves condition the model
-        low, high = ds.ranges[family]
-        return build_model("image", **preset, cond_dim=len(ds.concepts[family]), cond_low=low, cond_high=high)
-    return build_model("image", **preset, n_values=len(ds.concepts[family]))
-
-
 def restart_points(cfg, ds, idx, device):
-    """Where restarted chains start (B, ...): uniform noise in the data box, or (a share
-    reinit_from_data) a perturbed data point: the chain's own (idx), or with reinit_any one
-    of ANY concept value, which the chain must then turn into its own."""
-    lo, hi = ds.data_range
+    """Where restarted chains start (B, ...): uniform noise in the data box (the paper's), or for a
+    share reinit_from_data a perturbed data point: the chain's own (idx) or, with reinit_any, one of
+    ANY concept value, which the chain must then turn into its own. Why near the data: a chain stays
+    in the mode it first falls into, so the buffer holds each mode in proportion to the restarts that
+    reach it: from noise, to its basin; near the data, to its data (the l2 term then pulls every mode
+    to the same depth)."""
     x_own = ds.batch(idx, device)  # (B, ...)
-    x_noise = lo + (hi - lo) * torch.rand_like(x_own)
+    x_noise = uniform_in_box(x_own.shape, ds.data_range, device)
     near = torch.rand(len(idx), device=device) < cfg.reinit_from_data  # (B,)
     x_start = ds.batch(torch.randint(len(ds), (len(idx),), device=device), device) if cfg.reinit_any else x_own
-    x_near = (x_start + cfg.reinit_noise * torch.randn_like(x_own)).clamp(lo, hi)
+    x_near = (x_start + cfg.reinit_noise * torch.randn_like(x_own)).clamp(*ds.data_range)
     return torch.where(near.view(-1, *[1] * (x_own.dim() - 1)), x_near, x_noise)  # no host sync, unlike x[near]
 
 
@@ -212,6 +172,13 @@ def typical_data_energy(net, ds, c_data, family, device):
         groups = [torch.arange(min(1024, len(ds)))] if family in ds.ranges else \
             [torch.nonzero(c_data == v).squeeze(1)[:1024] for v in range(len(ds.concepts[family]))]
         return [torch.cat([net(ds.batch(i, device), c_data[i]) for i in g.split(256)]).mean().item() for g in groups]
+
+
+def check_same_data(ckpt, cfg, ds, what):
+    """A checkpoint used by this run (resumed or frozen) must come from its dataset and input shape."""
+    was, now = (ckpt["config"]["dataset"], ckpt["config"]["x_shape"]), (cfg.dataset, list(ds.x.shape[1:]))
+    if was != now:
+        raise ValueError(f"{what}: it was trained on {was[0]} {tuple(was[1])}, this run is {now[0]} {tuple(now[1])}")
 
 
 def load_run(path, device, raw, ema, opt, buffer, cfg, ds, log, resumed=False):
@@ -246,9 +213,16 @@ def load_run(path, device, raw, ema, opt, buffer, cfg, ds, log, resumed=False):
     return run
 
 
-def save_run(path, cfg, ds, family, run, raw, ema, opt, buffer, data_energy):
-    """Write the run atomically; with --snapshots also its weights alone, in <out_dir>/snapshots/,
-    to measure quality against training time (and to resume from, with fresh chains)."""
+def run_config(cfg, ds):
+    """The run's settings as stored in a checkpoint, with what compose.py needs to sample."""
+    return {**dataclasses.asdict(cfg), "data_range": list(ds.data_range), "x_shape": list(ds.x.shape[1:])}
+
+
+def save_run(path, cfg, ds, family, run, raw, ema, opt, buffer, c_data):
+    """Write the run atomically; with --snapshots also its weights alone, in <out_dir>/snapshots/, to
+    measure quality against training time (`python bench.py --curve DIR`) and to resume from."""
+    data_energy = typical_data_energy((ema if ema is not None else raw).eval(), ds, c_data, family, c_data.device)
+    raw.train()
     ckpt = {"model": raw.state_dict(), **({"ema": ema.state_dict()} if ema is not None else {}),
             "model_args": model_args(raw), "family": family, "values": list(ds.concepts[family]),
             "encoding": "numbers" if family in ds.ranges else "index", "range": list(ds.ranges.get(family, ())),
@@ -265,6 +239,8 @@ def save_run(path, cfg, ds, family, run, raw, ema, opt, buffer, data_energy):
 
 def check_replicas(raw, family, log):
     """Under DDP, a check that it did its job: every replica ends with the same weights."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return
     flat = torch.cat([p.detach().flatten() for p in raw.parameters()]).double()
     sums = torch.stack([flat.sum(), (flat * torch.linspace(0, 1, len(flat), device=flat.device)).sum()])
     gathered = [torch.zeros_like(sums) for _ in range(dist.get_world_size())]
@@ -272,9 +248,6 @@ def check_replicas(raw, family, log):
     if any(not torch.equal(g, gathered[0]) for g in gathered):
         raise RuntimeError(f"[{family}] the replicas' weights differ after training: DDP went out of sync")
     log(f"[{family}] ddp: weights identical on all {len(gathered)} ranks")
-
-
-ROLLBACKS = 3  # a run that diverges more often than this stops, keeping its last good checkpoint
 
 
 def build_run(cfg, ds, family, device):
@@ -289,28 +262,25 @@ def build_run(cfg, ds, family, device):
     # The weights of a CD-trained EBM oscillate: chains and model chase each other. Their
     # running average is a steadier energy for sampling from noise afterwards (as in ICD).
     ema = copy.deepcopy(raw).requires_grad_(False) if cfg.ema else None
-    # on a GPU, fused Adam: one kernel for every parameter, not a dozen per tensor
+    # Adam with beta1 = 0, as in the paper; on a GPU fused: one kernel for every parameter, not a dozen per tensor
     opt = torch.optim.Adam(raw.parameters(), lr=cfg.lr, betas=(0.0, 0.999), fused=device.type == "cuda")
     buffer = ReplayBuffer(cfg.buffer_size, ds.x.shape[1:], (), torch.long, reinit_prob=cfg.reinit_prob, device=device)
     return raw, ema, opt, buffer
 
 
-def ema_updater(raw, ema, decay):
-    """A function that moves the average towards the live weights: one multi-tensor kernel,
-    not one per tensor. state_dict tensors share storage with the modules (which the
-    optimizer updates in place); spectral norm's singular vectors are copied, not averaged."""
-    if ema is None:
-        return lambda: None
-    live, avg = raw.state_dict(), ema.state_dict()
-    singular = [k.endswith(("._u", "._v")) for k in avg]
-    mixed = ([avg[k] for k, s in zip(avg, singular) if not s], [live[k] for k, s in zip(avg, singular) if not s])
-    copied = ([avg[k] for k, s in zip(avg, singular) if s], [live[k] for k, s in zip(avg, singular) if s])
-
-    def update():  # the tensor lists are built once, not every iteration
-        with torch.no_grad():
-            torch._foreach_lerp_(*mixed, 1 - decay)
-            torch._foreach_copy_(*copied)
-    return update
+def load_frozen(cfg, ds, family, device):
+    """The --frozen models (continual learning, paper 3.3) as one energy: (x (B, ...), data
+    indices i (B,)) -> the sum of each model's energy under its own family's label of data
+    point i (B,); 0 without --frozen. They must come from this dataset and image size, and
+    model another family. The new model then learns only what the frozen ones do not say."""
+    frozen = []  # [(model, its family's labels (N, ...))]
+    for path in filter(None, cfg.frozen.split(",")):
+        net, ckpt = load_checkpoint(path, device)
+        check_same_data(ckpt, cfg, ds, f"--frozen {path}")
+        if ckpt["family"] == family:
+            raise ValueError(f"--frozen {path} is a model of {family!r}, the family being trained")
+        frozen.append((net, ds.labels[ckpt["family"]].to(device)))
+    return lambda x, i: sum(f(x, labels[i]) for f, labels in frozen)
 
 
 def read_stats(stats, seen, world):
@@ -323,22 +293,52 @@ def read_stats(stats, seen, world):
     return means
 
 
+ROLLBACKS = 3  # a run that diverges more often than this stops, keeping its last good checkpoint
+
+
+def roll_back(path, run, unsaved, state, cfg, ds, device, log, why):
+    """Back to the last checkpoint (written before the divergence) at half the learning rate;
+    the lost stretch still counts as time spent. Returns the run's new bookkeeping, or None
+    after ROLLBACKS rollbacks: the run stops."""
+    if run["rollbacks"] == ROLLBACKS:
+        log(f"[{run['family']}] diverged again at step {run['step']} after {ROLLBACKS} rollbacks: stopping; "
+            f"{path} holds the last good weights")
+        return None
+    scale, rollbacks = run["lr_scale"] / 2, run["rollbacks"] + 1
+    new = {**load_run(path, device, *state, cfg, ds, log), "elapsed": run["elapsed"] + unsaved,
+           "lr_scale": scale, "rollbacks": rollbacks}
+    log(f"[{new['family']}] {why}; rolled back to step {new['step']}, learning rate x{scale:g} "
+        f"(rollback {rollbacks} of {ROLLBACKS})", flush=True)
+    return new
+
+
+def save_chains_grid(x, c, path):
+    """The chains just advanced (up to 64), grouped by concept value (continuous: by first number)."""
+    c = c[:64] if c.dim() == 1 else c[:64, 0]
+    save_image_grid(x[:64][c.argsort()], path)
+
+
 def train_concept(cfg, ds, family, device, iters_after=0):
-    """Train one concept model on `family`; iters_after: iterations still queued after it (for the ETA).
-    Under torchrun (DDP) every process runs this; rank 0 logs and writes."""
+    """Train one concept model on `family`. Each iteration:
+      1. x+ (B, ...), c+ (B,): a batch of data and its labels in the family
+      2. x- (B, ...), c-: chains from the replay buffer (a share reinit_prob restart: restart_points),
+         advanced by `steps` Langevin steps on E(. | c-) and written back
+      3. loss = mean E(x+|c+) - mean E(x-|c-) + l2 * (mean E(x+)^2 + mean E(x-)^2) (Du & Mordatch 2019):
+         data energies down, sample energies up; the l2 term keeps them from drifting off zero.
+    With --frozen, E is the sum of the new model and the frozen ones (load_frozen). iters_after: the
+    iterations queued after it, for the ETA. Under torchrun every process runs this; rank 0 logs and writes."""
     path = os.path.join(cfg.out_dir, f"{family}.pt")
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     log = print if rank == 0 else (lambda *a, **k: None)
     c_data = ds.labels[family].to(device)  # (N,) or (N, d)
     raw, ema, opt, buffer = build_run(cfg, ds, family, device)
-    frozen_energy = load_frozen(cfg, ds, family, device)  # (x (B, ...), data indices (B,)) -> (B,)
-    run = {"step": 0, "elapsed": 0.0, "horizon": cfg.max_iters, "lr_scale": 1.0, "rollbacks": 0}
+    frozen_energy = load_frozen(cfg, ds, family, device)  # (x (B, ...), data indices (B,)) -> (B,); 0 without it
+    run = {"step": 0, "elapsed": 0.0, "family": family, "horizon": cfg.max_iters, "lr_scale": 1.0, "rollbacks": 0}
     if cfg.resume and os.path.exists(path):
         run = load_run(path, device, raw, ema, opt, buffer, cfg, ds, log, resumed=True)
     if run["step"] >= cfg.max_iters:
         return log(f"[{family}] already trained ({run['step']} iterations)")
-    # DDP: one replica per process, gradients averaged over processes in backward;
-    # wrapping broadcasts rank 0's weights, so every copy starts the same
+    # DDP averages gradients over processes in backward; wrapping gives every copy rank 0's weights
     net = DDP(raw, device_ids=[device.index] if device.type == "cuda" else None) if world > 1 else raw
     update_ema = ema_updater(raw, ema, cfg.ema)
     if cfg.compile:
@@ -360,9 +360,7 @@ def train_concept(cfg, ds, family, device, iters_after=0):
         buffer.update(slots, x_neg, i_neg)
         # 3. one forward for both halves (DDP wants one forward per backward); frozen parts carry no gradient
         e_pos, e_neg = net(torch.cat([x_pos, x_neg]), torch.cat([c_data[idx], c_data[i_neg]])).chunk(2)  # (B,) each
-        with torch.no_grad():
-            f_pos, f_neg = frozen_energy(x_pos, idx), frozen_energy(x_neg, i_neg)  # 0 without --frozen
-        e_pos, e_neg = e_pos + f_pos, e_neg + f_neg
+        e_pos, e_neg = e_pos + frozen_energy(x_pos, idx), e_neg + frozen_energy(x_neg, i_neg)
         loss = e_pos.mean() - e_neg.mean() + cfg.l2 * (e_pos.pow(2).mean() + e_neg.pow(2).mean())
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -381,67 +379,24 @@ def train_concept(cfg, ds, family, device, iters_after=0):
                                f"try a smaller --lr or a larger --l2 (last checkpoint: {path})")
         if cfg.diverge_gap > 0 and e_pos_m - e_neg_m < -cfg.diverge_gap and os.path.exists(path):
             # the data's energy runs away below the samples': the model no longer samples its data
-            if run["rollbacks"] == ROLLBACKS:
-                log(f"[{family}] diverged again at step {step} after {ROLLBACKS} rollbacks: stopping; "
-                    f"{path} holds the last good weights")
-                break
             run = roll_back(path, run, time.time() - t_save, (raw, ema, opt, buffer), cfg, ds, device, log,
                             f"E+ - E- = {e_pos_m - e_neg_m:+.3f} at step {step}: diverging")
+            if run is None:  # it diverged once too often
+                break
             t0, step0, t_save = time.time(), run["step"], time.time()
             continue
         if step % cfg.log_interval == 0 or last:
             rate = (step - step0) / (time.time() - t0)  # iterations per second, for the ETA
-            log(f"[{family}] iter {step:>5}/{cfg.max_iters} | loss {loss_m:+.4f} | E+ {e_pos_m:+.3f} | E- {e_neg_m:+.3f}"
-                f" | {rate:.1f} it/s | left {(cfg.max_iters - step + iters_after) / rate / 60:.1f} min", flush=True)
+            minutes_left = (cfg.max_iters - step + iters_after) / rate / 60
+            log(f"[{family}] iter {step:>5}/{cfg.max_iters} | loss {loss_m:+.4f} | E+ {e_pos_m:+.3f} | "
+                f"E- {e_neg_m:+.3f} | {rate:.1f} it/s | left {minutes_left:.1f} min", flush=True)
         if rank == 0 and ds.x.dim() == 4 and (step % cfg.sample_interval == 0 or last):
             save_chains_grid(x_neg, c_data[i_neg], os.path.join(cfg.out_dir, f"{family}_samples.png"))
         if rank == 0 and (step % cfg.ckpt_interval == 0 or last):
             run["elapsed"], t_save = run["elapsed"] + time.time() - t_save, time.time()
-            save_run(path, cfg, ds, family, run, raw, ema, opt, buffer,
-                     typical_data_energy((ema if ema is not None else raw).eval(), ds, c_data, family, device))
-            raw.train()
-    if world > 1:
-        check_replicas(raw, family, log)
+            save_run(path, cfg, ds, family, run, raw, ema, opt, buffer, c_data)
+    check_replicas(raw, family, log)
     log(f"[{family}] wrote {path}")
-
-
-def roll_back(path, run, unsaved, state, cfg, ds, device, log, why):
-    """Back to the last checkpoint (written before the divergence) at half the learning rate;
-    the lost stretch still counts as time spent. Returns the run's new bookkeeping."""
-    scale, rollbacks = run["lr_scale"] / 2, run["rollbacks"] + 1
-    new = {**load_run(path, device, *state, cfg, ds, log), "elapsed": run["elapsed"] + unsaved,
-           "lr_scale": scale, "rollbacks": rollbacks}
-    log(f"[{new['family']}] {why}; rolled back to step {new['step']}, learning rate x{scale:g} "
-        f"(rollback {rollbacks} of {ROLLBACKS})", flush=True)
-    return new
-
-
-def save_chains_grid(x, c, path):
-    """The chains just advanced (up to 64), grouped by concept value (continuous: by first number)."""
-    c = c[:64] if c.dim() == 1 else c[:64, 0]
-    save_image_grid(x[:64][c.argsort()], path)
-
-
-def check_same_data(ckpt, cfg, ds, what):
-    """A checkpoint used by this run (resumed or frozen) must come from its dataset and input shape."""
-    was, now = (ckpt["config"]["dataset"], ckpt["config"]["x_shape"]), (cfg.dataset, list(ds.x.shape[1:]))
-    if was != now:
-        raise ValueError(f"{what}: it was trained on {was[0]} {tuple(was[1])}, this run is {now[0]} {tuple(now[1])}")
-
-
-def load_frozen(cfg, ds, family, device):
-    """The --frozen models (continual learning, paper 3.3) as one energy: (x (B, ...), data
-    indices i (B,)) -> the sum of each model's energy under its own family's label of data
-    point i (B,); 0 without --frozen. They must come from this dataset and image size, and
-    model another family."""
-    frozen = []  # [(model, its family's labels (N, ...))]
-    for path in filter(None, cfg.frozen.split(",")):
-        net, ckpt = load_checkpoint(path, device)
-        check_same_data(ckpt, cfg, ds, f"--frozen {path}")
-        if ckpt["family"] == family:
-            raise ValueError(f"--frozen {path} is a model of {family!r}, the family being trained")
-        frozen.append((net, ds.labels[ckpt["family"]].to(device)))
-    return lambda x, i: sum(f(x, labels[i]) for f, labels in frozen)
 
 
 def train_worker(cfg, family, device, threads):
@@ -455,33 +410,21 @@ def dataset_for(cfg):
     """The run's training data (with --only, the part of it that has those values)."""
     if cfg.corner >= 0 and cfg.dataset != "shapes":
         raise ValueError(f"--corner is a setting of the shapes dataset, not of {cfg.dataset!r}")
-    if cfg.dataset == "toy2d":
-        ds = load_dataset("toy2d", n=cfg.n_data, seed=cfg.seed)
-    elif cfg.dataset == "shapes":
-        ds = load_dataset("shapes", n=cfg.n_data, seed=cfg.seed, image_size=cfg.img_size, cache_dir=cfg.cache_dir,
-                          corner=cfg.corner if cfg.corner >= 0 else None)
-    elif cfg.dataset == "celeba":  # every image of the training split; --n_data does not apply
-        ds = load_dataset("celeba", data_dir=cfg.data_dir, image_size=cfg.img_size, cache_dir=cfg.cache_dir)
-    else:
-        ds = load_dataset(cfg.dataset)  # an unknown name: the error lists the known ones
-    return ds.where(cfg.only)
-
-
-def run_config(cfg, ds):
-    """The run's settings as stored in a checkpoint, with what compose.py needs to sample."""
-    return {**dataclasses.asdict(cfg), "data_range": list(ds.data_range), "x_shape": list(ds.x.shape[1:])}
+    settings = {  # an unknown name: load_dataset's error lists the known ones
+        "toy2d": dict(n=cfg.n_data, seed=cfg.seed),
+        "shapes": dict(n=cfg.n_data, seed=cfg.seed, image_size=cfg.img_size, cache_dir=cfg.cache_dir,
+                       corner=cfg.corner if cfg.corner >= 0 else None),
+        # every image of the training split: --n_data does not apply
+        "celeba": dict(data_dir=cfg.data_dir, image_size=cfg.img_size, cache_dir=cfg.cache_dir)}
+    return load_dataset(cfg.dataset, **settings.get(cfg.dataset, {})).where(cfg.only)
 
 
 def setup_device(cfg):
     """The device, and the process group when launched by torchrun (which sets RANK).
-
-    torchrun --standalone --nproc_per_node=N train.py ... starts N copies of this
-    script; each finds its rank in the environment. On GPUs each process takes
-    GPU LOCAL_RANK and talks over NCCL; on CPUs they talk over gloo. Each draws
-    its own batch of `batch_size` (the global batch is batch_size x N) and runs
-    its own replay buffer from its own seed; DDP averages the gradients, so the
-    learning rate applies to the global batch as it is.
-    """
+    `torchrun --standalone --nproc_per_node=N train.py ...` starts N copies of this script: on GPUs
+    each takes GPU LOCAL_RANK and talks over NCCL, on CPUs over gloo. Each draws its own batch (the
+    global batch is batch_size x N) and runs its own replay buffer from its own seed; DDP averages
+    the gradients, so the learning rate applies to the global batch as it is."""
     cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
     if cuda and not torch.cuda.is_available():
         raise ValueError("--device cuda was asked for, but no CUDA GPU is visible")
@@ -499,6 +442,14 @@ def setup_device(cfg):
     dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(hours=2),
                             **({"device_id": device} if cuda else {}))
     return device
+
+
+def resolve_family(name, ds):
+    """A concept family by name, case-insensitively (`--concept smiling` is Smiling)."""
+    match = [f for f in ds.concepts if f.lower() == name.lower()]
+    if not match:
+        raise ValueError(f"unknown concept family {name!r} for {ds.name}; known: {', '.join(ds.concepts)}")
+    return match[0]
 
 
 def main(argv):
@@ -539,23 +490,12 @@ def main(argv):
     if rank == 0:
         print(f"trained {len(families)} model(s) in {time.time() - t0:.1f} s")
     if rank == 0 and cfg.dataset == "toy2d" and len(families) == len(ds.concepts):
-        concepts = load_concepts(cfg.out_dir)
-        settings = sampling_settings(run_config(cfg, ds))
         fig = os.path.join(cfg.out_dir, "toy2d.png")
-        rows = toy2d_report(concepts, fig, settings)
-        print(format_table(rows))
+        print(format_table(toy2d_report(load_concepts(cfg.out_dir), fig, sampling_settings(run_config(cfg, ds)))))
         print(f"wrote {fig}; total time {time.time() - t0:.1f} s")
     if dist.is_initialized():  # every rank done before any tears the group down
         dist.barrier()
         dist.destroy_process_group()
-
-
-def resolve_family(name, ds):
-    """A concept family by name, case-insensitively (`--concept smiling` is Smiling)."""
-    match = [f for f in ds.concepts if f.lower() == name.lower()]
-    if not match:
-        raise ValueError(f"unknown concept family {name!r} for {ds.name}; known: {', '.join(ds.concepts)}")
-    return match[0]
 
 
 if __name__ == "__main__":
