@@ -21,6 +21,7 @@ import glob
 import io
 import os
 import re
+import shlex
 import statistics
 import subprocess
 import sys
@@ -221,15 +222,16 @@ TOY2D_MORE = ["left & ~inner", "(right & outer) | (left & inner)", "bottom & ~le
               "(top | left) & outer"]
 
 
-def bench_toy2d(runs):
+def bench_toy2d(runs, train_args=""):
     """Train toy2d `runs` times from scratch as a user does (the time includes train.py's report); sample the
-    standard suite and TOY2D_MORE from each run's models. Medians, the worst run, and the targets."""
+    standard suite and TOY2D_MORE from each run's models. Medians, the worst run, and the targets.
+    train_args: more train.py settings, e.g. "--annealed_share 0.5", to measure a lever."""
     times, figures = [], {}
     for r in range(runs):
         out = f"out-bench-toy2d-{r}"
         t0 = time.time()
-        p = subprocess.run([sys.executable, "train.py", "--dataset", "toy2d", "--out_dir", out, "--seed", str(r)],
-                           capture_output=True, text=True)
+        p = subprocess.run([sys.executable, "train.py", "--dataset", "toy2d", "--out_dir", out, "--seed", str(r),
+                            *shlex.split(train_args)], capture_output=True, text=True)
         times.append(time.time() - t0)
         if p.returncode:
             sys.exit(f"training run {r} failed:\n{p.stderr}")
@@ -240,7 +242,8 @@ def bench_toy2d(runs):
             figures.setdefault(text, []).append((precision, tv))
         print(f"run {r}: {times[-1]:.1f} s", flush=True)
     t = TOY2D_TARGETS
-    print(f"\npython train.py --dataset toy2d: median {statistics.median(times):.1f} s over {runs} runs "
+    command = " ".join(["python train.py --dataset toy2d", *shlex.split(train_args)])
+    print(f"\n{command}: median {statistics.median(times):.1f} s over {runs} runs "
           f"({', '.join(f'{s:.1f}' for s in times)}); target <= {t['seconds']} s")
     print(f"{'expression':<34} {'precision (median, min)':>24} {'mode TV (median, max)':>22}  target")
     for expr, vals in figures.items():
@@ -355,6 +358,7 @@ def gpu_check():
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)
     ap.add_argument("--toy2d", type=int, default=0, metavar="RUNS", help="train toy2d RUNS times")
+    ap.add_argument("--train_args", default="", metavar="ARGS", help="--toy2d: more train.py settings, quoted")
     ap.add_argument("--shapes", metavar="CKPT_DIR", help="judge compositions of these shapes models")
     ap.add_argument("--curve", metavar="OUT_DIR", help="accuracy against training time of a shapes run")
     ap.add_argument("--every", type=int, default=500, help="--curve: judge every EVERY-th iteration's snapshot")
@@ -384,7 +388,7 @@ def main():
     if args.shapes or args.curve:  # image benchmarks only
         return
     if args.toy2d:
-        return bench_toy2d(args.toy2d)
+        return bench_toy2d(args.toy2d, args.train_args)
     if args.gpu_check:
         return gpu_check()
     if args.device == "cuda":

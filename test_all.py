@@ -233,7 +233,7 @@ def test_short_training_composes_well(short_run):
         if m:
             table[m.group(1)] = [float(m.group(2)), float(m.group(3))]
     assert set(table) == set(compose.TOY2D_SUITE)
-    # after 400 iterations (the full run has 3000) every composition is mostly on its modes...
+    # after 400 iterations (the full run has 2000) every composition is mostly on its modes...
     for text, (precision, tv) in table.items():
         assert precision >= 0.85, (text, precision)
     # ...and single concepts, conjunctions and negations spread over their modes about right
@@ -412,6 +412,30 @@ def test_resume_moves_between_devices_starts_from_light_snapshots_and_keeps_its_
     assert code == 0, stderr
     assert "the chains start afresh" in stdout and "iter    35/35" in stdout
     assert torch.load(path, weights_only=True)["step"] == 35
+
+
+def test_annealed_negatives_split_between_modes_by_mass():
+    """Late in a run with --annealed_share, the negatives are fresh chains from noise, annealed and
+    resampled (train.draw_negatives): they split between two wells by the wells' masses (3 : 1 here),
+    which CD needs to correct mode depths. Persistent chains restarted near the data split by the data."""
+    ds = make_toy2d(2000, seed=0)
+    wells = torch.tensor([[-1.0, 0.0], [1.0, 0.0]])
+
+    def energy(x, i):  # -log(3 N(x; a, 0.2^2) + N(x; b, 0.2^2)), up to a constant
+        d2 = torch.cdist(x, wells).pow(2) / (2 * 0.2 ** 2)  # (B, 2)
+        return -torch.logsumexp(-d2 + torch.log(torch.tensor([3.0, 1.0])), 1)
+
+    torch.manual_seed(0)
+    idx, by_value = torch.arange(2000), [torch.arange(2000)]
+    cfg = train.parse_config(["--dataset", "toy2d"])
+    for annealed, low, high in [(True, 0.68, 0.82), (False, 0.0, 0.6)]:
+        buffer = ReplayBuffer(4000, (2,), (), torch.long)
+        x, i = train.draw_negatives(cfg, ds, buffer, energy, idx, by_value, annealed, torch.device("cpu"))
+        assert x.shape == (2000, 2) and i.shape == (2000,)
+        near = torch.cdist(x, wells).argmin(1)  # (B,)
+        assert low < (near == 0).float().mean() < high, (annealed, (near == 0).float().mean())
+    with pytest.raises(ValueError, match="annealed_share must be in"):
+        train.parse_config(["--annealed_share", "2"])
 
 
 def test_divergence_rolls_back_to_the_last_checkpoint(tmp_path):

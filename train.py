@@ -25,7 +25,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from compose import format_table, load_concepts, sampling_settings, save_image_grid, toy2d_report
 from data import load_dataset
 from model import IMAGE_PRESETS, build_concept_model, ema_updater, load_checkpoint, model_args, save_checkpoint
-from sampler import ReplayBuffer, langevin, uniform_in_box
+from sampler import ReplayBuffer, langevin, run_chains, uniform_in_box
 
 
 @dataclasses.dataclass
@@ -50,7 +50,7 @@ class Config:
     preset: str = ""  # image data: a size from model.IMAGE_PRESETS (default: shapes32, celeba<img_size>)
     pool: str = ""  # image data: the map-to-energy head, sum / mean / dense (default: the preset's)
     # optimisation
-    max_iters: int = 3000
+    max_iters: int = 2000
     batch_size: int = 128
     lr: float = 3e-3
     min_lr_ratio: float = 0.01  # the learning rate decays (cosine) to lr * min_lr_ratio at max_iters
@@ -67,6 +67,7 @@ class Config:
     reinit_from_data: float = 1.0  # share of restarted chains that start near a data point, not noise
     reinit_noise: float = 0.5  # std of the perturbation of those data points
     reinit_any: bool = False  # restart from a data point of ANY concept value, not the chain's own
+    annealed_share: float = 0.5  # the last share of iterations whose chains are fresh and annealed (draw_negatives)
     frozen: str = ""  # checkpoints (comma-separated) of models kept fixed: the new one learns through their sum
     only: str = ""  # train on the data points with these discrete values, e.g. shape=cube,color=red
     corner: float = -1.0  # shapes, >= 0: the cross-product data of paper 3.4 (data.make_shapes); < 0: off
@@ -83,8 +84,9 @@ class Config:
 # Per-dataset defaults, applied before the command line (other settings: Config's). Images want a
 # cold, large-step sampler (the released code: step 10-100, noise 0.005, clipped to [0, 1]), fewer
 # Langevin steps per iteration and many more iterations.
-IMAGE_DEFAULTS = dict(min_lr_ratio=0.1, l2=0.1, step_size=20.0, noise_scale=0.005, grad_clip=0.01, reinit_from_data=0.5,
-                      reinit_noise=0.1, reinit_any=True, eval_anneal=1.0, log_interval=50, ema=0.99)
+IMAGE_DEFAULTS = dict(annealed_share=0.0, min_lr_ratio=0.1, l2=0.1, step_size=20.0, noise_scale=0.005,
+                      grad_clip=0.01, reinit_from_data=0.5, reinit_noise=0.1, reinit_any=True, eval_anneal=1.0,
+                      log_interval=50, ema=0.99)
 DATASET_DEFAULTS = {
     "shapes": dict(IMAGE_DEFAULTS, n_data=20_000, max_iters=4000, batch_size=64, lr=1e-3, steps=10,
                    buffer_size=5000, snapshots=True),
@@ -136,6 +138,8 @@ def parse_config(argv):
         raise ValueError(f"unknown --preset {cfg.preset!r}; known presets: {', '.join(IMAGE_PRESETS)}")
     if cfg.pool not in ("", "sum", "mean", "dense"):
         raise ValueError(f"unknown --pool {cfg.pool!r}; known: sum, mean, dense")
+    if not 0 <= cfg.annealed_share <= 1:
+        raise ValueError(f"--annealed_share must be in [0, 1], got {cfg.annealed_share}")
     if cfg.device not in ("auto", "cpu", "cuda"):
         raise ValueError(f"--device must be auto, cpu or cuda, got {cfg.device!r}")
     cfg.out_dir = cfg.out_dir or f"out-{cfg.dataset}"
@@ -155,6 +159,36 @@ def restart_points(cfg, ds, idx, device):
     x_start = ds.batch(torch.randint(len(ds), (len(idx),), device=device), device) if cfg.reinit_any else x_own
     x_near = (x_start + cfg.reinit_noise * torch.randn_like(x_own)).clamp(*ds.data_range)
     return torch.where(near.view(-1, *[1] * (x_own.dim() - 1)), x_near, x_noise)  # no host sync, unlike x[near]
+
+
+def draw_negatives(cfg, ds, buffer, energy, idx, by_value, annealed, device):
+    """Step 2: the chains x- (B, ...) and the data points (B,) whose labels they carry.
+    From the buffer (the paper's; the first 1 - annealed_share of the run's schedule): persistent chains from the replay buffer (restart_points), advanced by `steps` Langevin steps
+    and written back. A persistent chain rarely leaves its mode, so the buffer's share of each mode is set
+    by where chains restarted, not by the model: contrastive divergence then cannot see a mode that is
+    too deep or too shallow, and the modes' depths drift. Annealed (the rest): for each value, B / V fresh chains
+    from uniform noise, annealed from eval_anneal to temperature 1 with importance resampling
+    (sampler.run_chains): they split between the modes by the model's own masses, so a mode that holds
+    too much is pushed up. All chains of a value carry the labels of one data point of it (by_value: the
+    data indices of each value), because resampling needs one target per group of chains."""
+    # spectral norm's W / sigma is computed once per chain; Langevin runs on the unwrapped network
+    # (its forwards must not trigger DDP's gradient sync)
+    with torch.nn.utils.parametrize.cached():
+        if not annealed:
+            x_neg, i_neg, slots, _ = buffer.sample(restart_points(cfg, ds, idx, device), idx)  # (B, ...), (B,)
+            x_neg = langevin(lambda x: energy(x, i_neg), x_neg, cfg.steps, cfg.step_size, cfg.noise_scale,
+                             clamp=ds.data_range, grad_clip=cfg.grad_clip)
+            buffer.update(slots, x_neg, i_neg)
+            return x_neg, i_neg
+        xs, ids, n = [], [], max(len(idx) // len(by_value), 1)
+        for members in by_value:
+            i = members[torch.randint(len(members), (1,), device=device)].expand(n)  # (n,): one data point
+            start = uniform_in_box((n, *ds.x.shape[1:]), ds.data_range, device)
+            xs.append(run_chains(lambda x: energy(x, i), start, cfg.steps, cfg.step_size, cfg.noise_scale,
+                                 anneal=cfg.eval_anneal, resample=True, clamp=ds.data_range,
+                                 grad_clip=cfg.grad_clip).x)
+            ids.append(i)
+        return torch.cat(xs), torch.cat(ids)
 
 
 def learning_rate(cfg, step, horizon, scale=1.0):
@@ -321,8 +355,8 @@ def save_chains_grid(x, c, path):
 def train_concept(cfg, ds, family, device, iters_after=0):
     """Train one concept model on `family`. Each iteration:
       1. x+ (B, ...), c+ (B,): a batch of data and its labels in the family
-      2. x- (B, ...), c-: chains from the replay buffer (a share reinit_prob restart: restart_points),
-         advanced by `steps` Langevin steps on E(. | c-) and written back
+      2. x- (B, ...), c-: chains of Langevin steps on E(. | c-): from the replay buffer, or fresh and
+         annealed late in the run (draw_negatives)
       3. loss = mean E(x+|c+) - mean E(x-|c-) + l2 * (mean E(x+)^2 + mean E(x-)^2) (Du & Mordatch 2019):
          data energies down, sample energies up; the l2 term keeps them from drifting off zero.
     With --frozen, E is the sum of the new model and the frozen ones (load_frozen). iters_after: the
@@ -333,6 +367,10 @@ def train_concept(cfg, ds, family, device, iters_after=0):
     c_data = ds.labels[family].to(device)  # (N,) or (N, d)
     raw, ema, opt, buffer = build_run(cfg, ds, family, device)
     frozen_energy = load_frozen(cfg, ds, family, device)  # (x (B, ...), data indices (B,)) -> (B,); 0 without it
+    if cfg.annealed_share > 0 and family in ds.ranges:
+        raise ValueError(f"--annealed_share needs a discrete family; {family} is continuous")
+    by_value = [torch.nonzero(c_data == v).squeeze(1) for v in range(len(ds.concepts[family]))] \
+        if cfg.annealed_share > 0 else []  # the data indices of each value
     run = {"step": 0, "elapsed": 0.0, "family": family, "horizon": cfg.max_iters, "lr_scale": 1.0, "rollbacks": 0}
     if cfg.resume and os.path.exists(path):
         run = load_run(path, device, raw, ema, opt, buffer, cfg, ds, log, resumed=True)
@@ -351,13 +389,9 @@ def train_concept(cfg, ds, family, device, iters_after=0):
     while run["step"] < cfg.max_iters:
         idx = torch.randint(len(ds), (cfg.batch_size,), device=device)
         x_pos = ds.batch(idx, device)  # 1. (B, ...)
-        x_neg, i_neg, slots, _ = buffer.sample(restart_points(cfg, ds, idx, device), idx)  # 2. (B, ...), (B,)
-        # the weights do not change during the chain: spectral norm's W / sigma is computed once.
-        # Langevin runs on the unwrapped network: its forwards must not trigger DDP's gradient sync
-        with torch.nn.utils.parametrize.cached():
-            x_neg = langevin(lambda x: raw(x, c_data[i_neg]) + frozen_energy(x, i_neg), x_neg, cfg.steps,
-                             cfg.step_size, cfg.noise_scale, clamp=ds.data_range, grad_clip=cfg.grad_clip)
-        buffer.update(slots, x_neg, i_neg)
+        annealed = run["step"] >= (1 - cfg.annealed_share) * run["horizon"]  # late in the run's schedule
+        x_neg, i_neg = draw_negatives(cfg, ds, buffer, lambda x, i: raw(x, c_data[i]) + frozen_energy(x, i),
+                                      idx, by_value, annealed, device)  # 2. (B, ...), (B,)
         # 3. one forward for both halves (DDP wants one forward per backward); frozen parts carry no gradient
         e_pos, e_neg = net(torch.cat([x_pos, x_neg]), torch.cat([c_data[idx], c_data[i_neg]])).chunk(2)  # (B,) each
         e_pos, e_neg = e_pos + frozen_energy(x_pos, idx), e_neg + frozen_energy(x_neg, i_neg)
