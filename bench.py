@@ -3,11 +3,9 @@
     python bench.py                # the sampler on the exact toy2d energies, then the speed table: our
                                    # Langevin sampler against the naive loop of tutorials (toy MLP,
                                    # shapes32, celeba64) and training it/s; last: sampler speedup X.XXx
-    python bench.py --toy2d 3      # train toy2d 3 times; median time and quality figures
-    python bench.py --shapes checkpoints/shapes   # composition accuracy by the judge, 256 samples
-                                   # per expression, next to the judge's score on noise; a figure
-    python bench.py --curve out-shapes            # accuracy against training time, from the
-                                   # snapshots train.py keeps for image data
+    python bench.py --toy2d 3 [--train_args "--annealed_share 0"]   # train toy2d 3 times: time, quality
+    python bench.py --shapes checkpoints/shapes   # judged compositions, 256 samples each, and a figure
+    python bench.py --curve out-shapes            # accuracy against training time (train.py's snapshots)
     python bench.py --device cuda  # the speed table on a GPU (every network at batch 128)
     python bench.py --gpu_check    # on a GPU machine: the suite, the speed table, resume, NCCL and a
                                    # short training, each checked in its own process (< 10 minutes)
@@ -385,12 +383,10 @@ def main():
         bench_curve(args.curve, steps=args.steps, every=args.every)
     if args.shapes:
         bench_shapes(args.shapes, steps=args.steps)
+    if args.toy2d or args.gpu_check:
+        return bench_toy2d(args.toy2d, args.train_args) if args.toy2d else gpu_check()
     if args.shapes or args.curve:  # image benchmarks only
         return
-    if args.toy2d:
-        return bench_toy2d(args.toy2d, args.train_args)
-    if args.gpu_check:
-        return gpu_check()
     if args.device == "cuda":
         if not torch.cuda.is_available():
             ap.error("--device cuda was asked for, but no CUDA GPU is visible")
