@@ -163,14 +163,15 @@ def restart_points(cfg, ds, idx, device):
 
 def draw_negatives(cfg, ds, buffer, energy, idx, by_value, annealed, device):
     """Step 2: the chains x- (B, ...) and the data points (B,) whose labels they carry.
-    From the buffer (the paper's; the first 1 - annealed_share of the run's schedule): persistent chains from the replay buffer (restart_points), advanced by `steps` Langevin steps
-    and written back. A persistent chain rarely leaves its mode, so the buffer's share of each mode is set
-    by where chains restarted, not by the model: contrastive divergence then cannot see a mode that is
-    too deep or too shallow, and the modes' depths drift. Annealed (the rest): for each value, B / V fresh chains
-    from uniform noise, annealed from eval_anneal to temperature 1 with importance resampling
-    (sampler.run_chains): they split between the modes by the model's own masses, so a mode that holds
-    too much is pushed up. All chains of a value carry the labels of one data point of it (by_value: the
-    data indices of each value), because resampling needs one target per group of chains."""
+    From the buffer (the paper's; the first 1 - annealed_share of the run's schedule): persistent
+    chains (restart_points), advanced by `steps` Langevin steps and written back. A persistent chain
+    rarely leaves its mode, so the buffer's share of each mode is set by where chains restarted, not
+    by the model: contrastive divergence cannot see a mode that is too deep or too shallow, and the
+    depths drift. Annealed (the rest): for each value, B / V fresh chains from uniform noise, annealed
+    from eval_anneal to temperature 1 with importance resampling (sampler.run_chains): they split
+    between the modes by the model's own masses, so a mode that holds too much is pushed up. All
+    chains of a value carry the labels of one data point of it (by_value: the data indices of each
+    value), because resampling needs one target per group of chains."""
     # spectral norm's W / sigma is computed once per chain; Langevin runs on the unwrapped network
     # (its forwards must not trigger DDP's gradient sync)
     with torch.nn.utils.parametrize.cached():
