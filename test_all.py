@@ -375,7 +375,7 @@ def test_killed_run_resumes_from_its_last_checkpoint(tmp_path):
 def test_resume_moves_between_devices_starts_from_light_snapshots_and_keeps_its_schedule(tmp_path, monkeypatch):
     """A checkpoint written on another device (CUDA random state inside, tensors mapped anywhere)
     resumes here; so does a light snapshot (weights only: fresh chains and optimizer); a larger
-    --max_iters keeps the cosine horizon the run started with."""
+    --max_iters keeps the cosine horizon the run started with, and --lr_horizon replaces it."""
     out = str(tmp_path)
     code, _, stderr = run_cli("train.py", "--concept", "vertical", "--out_dir", out, "--max_iters", "20",
                               "--ckpt_interval", "10", "--log_interval", "10")
@@ -397,6 +397,7 @@ def test_resume_moves_between_devices_starts_from_light_snapshots_and_keeps_its_
     buffer = train.ReplayBuffer(cfg.buffer_size, ds.x.shape[1:], (), torch.long, device=device)
     run = train.load_run(path, device, raw, None, opt, buffer, cfg, ds, print)
     assert seen == [("cpu", torch.uint8)] and run["step"] == 20 and run["horizon"] == 20
+    assert run["guard_from"] == 20  # its chains came back: the divergence guard watches at once
     monkeypatch.undo()
     # the horizon holds: past it the learning rate stays at its floor, not back at the top
     assert train.learning_rate(cfg, 25, run["horizon"]) == pytest.approx(cfg.lr * cfg.min_lr_ratio)
@@ -407,6 +408,10 @@ def test_resume_moves_between_devices_starts_from_light_snapshots_and_keeps_its_
     # a light snapshot: no optimizer, buffer or random state
     light = {k: v for k, v in torch.load(path, weights_only=True).items() if k not in ("optimizer", "buffer", "rng")}
     save_checkpoint(light, path)
+    cfg = train.parse_config(["--concept", "vertical", "--out_dir", out, "--resume", "--lr_horizon", "50"])
+    run = train.load_run(path, device, raw, None, torch.optim.Adam(raw.parameters()), buffer, cfg, ds, print)
+    # --lr_horizon replaces the saved schedule; the guard waits while the fresh chains relax
+    assert run["horizon"] == 50 and run["guard_from"] == 30 + 5 * cfg.buffer_size // cfg.batch_size
     code, stdout, stderr = run_cli("train.py", "--concept", "vertical", "--out_dir", out, "--max_iters", "35",
                                    "--resume", "--log_interval", "5")
     assert code == 0, stderr

@@ -54,6 +54,7 @@ class Config:
     batch_size: int = 128
     lr: float = 3e-3
     min_lr_ratio: float = 0.01  # the learning rate decays (cosine) to lr * min_lr_ratio at max_iters
+    lr_horizon: int = 0  # > 0: decay over this many iterations instead; with --resume, it replaces the saved one
     l2: float = 0.05
     ema: float = 0.0  # > 0: also keep an exponential moving average of the weights, used for sampling afterwards
     diverge_gap: float = 0.0  # > 0: when mean E+ - E- over a log interval falls below -diverge_gap, roll back
@@ -138,6 +139,8 @@ def parse_config(argv):
         raise ValueError(f"unknown --preset {cfg.preset!r}; known presets: {', '.join(IMAGE_PRESETS)}")
     if cfg.pool not in ("", "sum", "mean", "dense"):
         raise ValueError(f"unknown --pool {cfg.pool!r}; known: sum, mean, dense")
+    if cfg.lr_horizon < 0:
+        raise ValueError(f"--lr_horizon must be 0 (the run's --max_iters) or more, got {cfg.lr_horizon}")
     if not 0 <= cfg.annealed_share <= 1:
         raise ValueError(f"--annealed_share must be in [0, 1], got {cfg.annealed_share}")
     if cfg.device not in ("auto", "cpu", "cuda"):
@@ -227,7 +230,8 @@ def load_run(path, device, raw, ema, opt, buffer, cfg, ds, log, resumed=False):
         ema.load_state_dict(ckpt.get("ema", ckpt["model"]))
     if "optimizer" in ckpt:
         opt.load_state_dict(ckpt["optimizer"])
-    if ckpt.get("chains") == "data_index" and "buffer" in ckpt:
+    fresh = not (ckpt.get("chains") == "data_index" and "buffer" in ckpt)
+    if not fresh:
         buffer.load_state_dict(ckpt["buffer"])  # every rank resumes rank 0's chains; their seeds part them
     else:  # a light snapshot, or an older checkpoint whose chains kept labels rather than data points
         log(f"[{ckpt['family']}] note: {path} holds no replay buffer this version can use: the chains start afresh")
@@ -239,8 +243,11 @@ def load_run(path, device, raw, ema, opt, buffer, cfg, ds, log, resumed=False):
     else:  # only rank 0's random state is saved: the others draw a fresh stream
         torch.manual_seed(cfg.seed + rank + 7919 * ckpt["step"])
     run = {"step": ckpt["step"], "elapsed": ckpt["elapsed"], "family": ckpt["family"],
-           "horizon": ckpt.get("lr_horizon", ckpt["config"]["max_iters"]),
-           "lr_scale": ckpt.get("lr_scale", 1.0), "rollbacks": ckpt.get("rollbacks", 0)}
+           "horizon": cfg.lr_horizon or ckpt.get("lr_horizon", ckpt["config"]["max_iters"]),
+           "lr_scale": ckpt.get("lr_scale", 1.0), "rollbacks": ckpt.get("rollbacks", 0),
+           # a trained model tells fresh noise from its data at once: the divergence guard waits
+           # until each chain has been drawn about five times
+           "guard_from": ckpt["step"] + (5 * cfg.buffer_size // cfg.batch_size if fresh else 0)}
     if resumed:
         log(f"[{run['family']}] resumed from {path} at step {run['step']}" + (
             f"; the learning rate keeps its schedule over {run['horizon']} iterations"
@@ -372,7 +379,8 @@ def train_concept(cfg, ds, family, device, iters_after=0):
         raise ValueError(f"--annealed_share needs a discrete family; {family} is continuous")
     by_value = [torch.nonzero(c_data == v).squeeze(1) for v in range(len(ds.concepts[family]))] \
         if cfg.annealed_share > 0 else []  # the data indices of each value
-    run = {"step": 0, "elapsed": 0.0, "family": family, "horizon": cfg.max_iters, "lr_scale": 1.0, "rollbacks": 0}
+    run = {"step": 0, "elapsed": 0.0, "family": family, "horizon": cfg.lr_horizon or cfg.max_iters, "lr_scale": 1.0,
+           "rollbacks": 0, "guard_from": 0}
     if cfg.resume and os.path.exists(path):
         run = load_run(path, device, raw, ema, opt, buffer, cfg, ds, log, resumed=True)
     if run["step"] >= cfg.max_iters:
@@ -412,7 +420,8 @@ def train_concept(cfg, ds, family, device, iters_after=0):
         if not math.isfinite(loss_m):
             raise RuntimeError(f"[{family}] loss is {loss_m} at step {step}: training diverged; "
                                f"try a smaller --lr or a larger --l2 (last checkpoint: {path})")
-        if cfg.diverge_gap > 0 and e_pos_m - e_neg_m < -cfg.diverge_gap and os.path.exists(path):
+        if cfg.diverge_gap > 0 and e_pos_m - e_neg_m < -cfg.diverge_gap and step > run["guard_from"] \
+                and os.path.exists(path):
             # the data's energy runs away below the samples': the model no longer samples its data
             run = roll_back(path, run, time.time() - t_save, (raw, ema, opt, buffer), cfg, ds, device, log,
                             f"E+ - E- = {e_pos_m - e_neg_m:+.3f} at step {step}: diverging")
