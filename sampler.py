@@ -60,7 +60,7 @@ class Chains:
 
 
 def run_chains(energy, x, n_steps, step_size, noise_scale=None, anneal=1.0, resample=False,
-               clamp=None, grad_clip=None, keep_every=0, method="ula", leapfrog=5):
+               clamp=None, grad_clip=None, keep_every=0, method="ula", leapfrog=5, groups=1):
     """Run `n_steps` gradient evaluations of Langevin dynamics on `energy` from `x`: a Chains.
 
     energy:      function x (B, ...) -> (B,)
@@ -69,7 +69,9 @@ def run_chains(energy, x, n_steps, step_size, noise_scale=None, anneal=1.0, resa
     noise_scale: std of the noise at temperature 1 (default sqrt(step_size), eq. 3)
     anneal:      temperature of the first step; cools geometrically to 1 (1 = no annealing)
     resample:    with annealing from noise, weight the chains by importance and resample
-                 them (sequential Monte Carlo, below); all chains must share one target
+                 them (sequential Monte Carlo, below); all chains must share one target,
+                 or each of `groups` equal consecutive blocks of chains its own (one call
+                 for several targets: the blocks are resampled each within itself)
     clamp:       (low, high) to keep samples in the data range, or None
     grad_clip:   clip each coordinate of the gradient to [-grad_clip, grad_clip], or None
     keep_every:  if > 0, keep a snapshot of the chains every that many moves (for GIFs)
@@ -110,12 +112,14 @@ def run_chains(energy, x, n_steps, step_size, noise_scale=None, anneal=1.0, resa
     x = x.detach().clone()
     e, grad = energy_and_grad(energy, x, grad_clip)
     log_w = torch.zeros(len(x), device=x.device)  # (B,) importance log-weights
-    out = Chains(x, [x.clone()] if keep_every else [], 0.0 if resample and clamp is not None else None)
+    if len(x) % groups:
+        raise ValueError(f"{len(x)} chains cannot form {groups} equal groups")
+    out = Chains(x, [x.clone()] if keep_every else [], 0.0 if resample and clamp is not None and groups == 1 else None)
     for k in range(n_moves):
         if resample:
             # the start is uniform noise: the target at T = inf
             log_w -= (1 / temps[k] - (1 / temps[k - 1] if k else 0.0)) * e / tau
-            x, e, grad = resample_if_uneven(log_w, (x, e, grad), out, last=k == n_moves - 1)
+            x, e, grad = resample_if_uneven(log_w, (x, e, grad), out, last=k == n_moves - 1, groups=groups)
         sigma = noise_scale * temps[k] ** 0.5  # the noise std of this move
         if method == "ula":
             with torch.no_grad():
@@ -171,18 +175,25 @@ def log_partition(energy, settings, n=512, seed=0, ais=None):
     s = dict(settings, method="mala", anneal=max(settings["anneal"], 20.0), resample=True)
     return sample_chains(energy, n, s, seed=seed).log_z
 
-def resample_if_uneven(log_w, chains, out, last):
-    """Sequential Monte Carlo's resampling: when the importance weights grow uneven (effective
-    sample size below half), or at the last move, redraw the chains (each tensor of `chains`,
-    indexed alike) in proportion to their weights, add log mean weight to out.log_z, and reset
-    the weights (in place). Returns the (possibly redrawn) chains."""
-    w = torch.softmax(log_w, 0)  # (B,)
-    if 1 / w.pow(2).sum() >= len(w) / 2 and not last:
+def resample_if_uneven(log_w, chains, out, last, groups=1):
+    """Sequential Monte Carlo's resampling: when the importance weights of a group of chains grow
+    uneven (effective sample size below half of it), or at the last move, redraw that group's
+    chains (each tensor of `chains`, indexed alike) in proportion to their weights and reset its
+    weights (in place); with one group, also add log mean weight to out.log_z. The chains form
+    `groups` equal consecutive blocks. Returns the (possibly redrawn) chains."""
+    lw = log_w.view(groups, -1)  # (G, n)
+    w = torch.softmax(lw, 1)  # (G, n)
+    uneven = 1 / w.pow(2).sum(1) < lw.shape[1] / 2  # (G,)
+    if last:
+        uneven = torch.ones_like(uneven)
+    elif not uneven.any():
         return chains
     if out.log_z is not None:
-        out.log_z += (torch.logsumexp(log_w, 0) - math.log(len(w))).item()
-    idx = systematic_resample(w)
-    log_w.zero_()
+        out.log_z += (torch.logsumexp(log_w, 0) - math.log(len(log_w))).item()
+    keep = torch.arange(lw.shape[1], device=lw.device).expand_as(lw)  # (G, n)
+    idx = torch.where(uneven[:, None], systematic_resample(w), keep)  # (G, n), within each group
+    idx = (idx + lw.shape[1] * torch.arange(groups, device=lw.device)[:, None]).flatten()  # (B,)
+    lw.masked_fill_(uneven[:, None], 0.0)
     return tuple(t[idx] for t in chains)
 
 
@@ -224,11 +235,12 @@ def metropolis_move(energy, x, e, grad, step_size, sigma, tau, clamp, grad_clip,
 
 
 def systematic_resample(w):
-    """Indices (B,) drawn in proportion to weights w (B,) with one shared uniform offset:
-    less variance than independent draws, and every chain with w >= 1/B survives."""
-    n = len(w)
-    u = (torch.rand(1, device=w.device) + torch.arange(n, device=w.device)) / n  # (B,)
-    return torch.searchsorted(torch.cumsum(w, 0), u).clamp_(max=n - 1)
+    """Indices (G, n) drawn in proportion to each row of weights w (G, n), with one shared
+    uniform offset per row: less variance than independent draws, and every chain with
+    w >= 1/n survives."""
+    g, n = w.shape
+    u = (torch.rand(g, 1, device=w.device) + torch.arange(n, device=w.device)) / n  # (G, n)
+    return torch.searchsorted(torch.cumsum(w, 1), u).clamp_(max=n - 1)
 
 
 class ReplayBuffer:

@@ -421,24 +421,29 @@ def test_resume_moves_between_devices_starts_from_light_snapshots_and_keeps_its_
 
 def test_annealed_negatives_split_between_modes_by_mass():
     """Late in a run with --annealed_share, the negatives are fresh chains from noise, annealed and
-    resampled (train.draw_negatives): they split between two wells by the wells' masses (3 : 1 here),
-    which CD needs to correct mode depths. Persistent chains restarted near the data split by the data."""
+    resampled (train.draw_negatives): they split between two wells by the wells' masses (3 : 1 for
+    value 0; 10 : 30 for value 1, whose Z is 10 times larger: both values' chains run in one batch,
+    but each value is resampled within itself), which CD needs to correct mode depths. Persistent
+    chains restarted near the data split by the data."""
     ds = make_toy2d(2000, seed=0)
     wells = torch.tensor([[-1.0, 0.0], [1.0, 0.0]])
 
-    def energy(x, i):  # -log(3 N(x; a, 0.2^2) + N(x; b, 0.2^2)), up to a constant
+    def energy(x, i):  # -log(m_a N(x; a, 0.2^2) + m_b N(x; b, 0.2^2)), up to a constant
         d2 = torch.cdist(x, wells).pow(2) / (2 * 0.2 ** 2)  # (B, 2)
-        return -torch.logsumexp(-d2 + torch.log(torch.tensor([3.0, 1.0])), 1)
+        log_m = torch.tensor([[3.0, 1.0], [10.0, 30.0]]).log()[(i >= 1000).long()]  # (B, 2): by value
+        return -torch.logsumexp(-d2 + log_m, 1)
 
     torch.manual_seed(0)
-    idx, by_value = torch.arange(2000), [torch.arange(2000)]
+    idx, by_value = torch.arange(2000), [torch.arange(1000), torch.arange(1000, 2000)]
     cfg = train.parse_config(["--dataset", "toy2d"])
     for annealed, low, high in [(True, 0.68, 0.82), (False, 0.0, 0.6)]:
         buffer = ReplayBuffer(4000, (2,), (), torch.long)
         x, i = train.draw_negatives(cfg, ds, buffer, energy, idx, by_value, annealed, torch.device("cpu"))
         assert x.shape == (2000, 2) and i.shape == (2000,)
-        near = torch.cdist(x, wells).argmin(1)  # (B,)
-        assert low < (near == 0).float().mean() < high, (annealed, (near == 0).float().mean())
+        heavy = torch.cdist(x, wells).argmin(1) == (i >= 1000).long()  # (B,): in its value's heavy well
+        for value in (0, 1):
+            share = heavy[(i >= 1000) == value].float().mean()
+            assert low < share < high, (annealed, value, share)
     with pytest.raises(ValueError, match="annealed_share must be in"):
         train.parse_config(["--annealed_share", "2"])
 

@@ -184,15 +184,13 @@ def draw_negatives(cfg, ds, buffer, energy, idx, by_value, annealed, device):
                              clamp=ds.data_range, grad_clip=cfg.grad_clip)
             buffer.update(slots, x_neg, i_neg)
             return x_neg, i_neg
-        xs, ids, n = [], [], max(len(idx) // len(by_value), 1)
-        for members in by_value:
-            i = members[torch.randint(len(members), (1,), device=device)].expand(n)  # (n,): one data point
-            start = uniform_in_box((n, *ds.x.shape[1:]), ds.data_range, device)
-            xs.append(run_chains(lambda x: energy(x, i), start, cfg.steps, cfg.step_size, cfg.noise_scale,
-                                 anneal=cfg.eval_anneal, resample=True, clamp=ds.data_range,
-                                 grad_clip=cfg.grad_clip).x)
-            ids.append(i)
-        return torch.cat(xs), torch.cat(ids)
+        n = max(len(idx) // len(by_value), 1)  # chains per value; all values in one batch of chains
+        i_neg = torch.cat([m[torch.randint(len(m), (1,), device=device)].expand(n) for m in by_value])  # (V n,)
+        start = uniform_in_box((len(i_neg), *ds.x.shape[1:]), ds.data_range, device)  # (V n, ...)
+        x_neg = run_chains(lambda x: energy(x, i_neg), start, cfg.steps, cfg.step_size, cfg.noise_scale,
+                           anneal=cfg.eval_anneal, resample=True, clamp=ds.data_range, grad_clip=cfg.grad_clip,
+                           groups=len(by_value)).x  # each value's chains resampled among themselves
+        return x_neg, i_neg
 
 
 def learning_rate(cfg, step, horizon, scale=1.0):
