@@ -401,8 +401,9 @@ def test_resume_moves_between_devices_starts_from_light_snapshots_and_keeps_its_
     monkeypatch.undo()
     # the horizon holds: past it the learning rate stays at its floor, not back at the top
     assert train.learning_rate(cfg, 25, run["horizon"]) == pytest.approx(cfg.lr * cfg.min_lr_ratio)
+    # past the horizon, a run without annealed negatives keeps drawing from its buffer
     code, stdout, stderr = run_cli("train.py", "--concept", "vertical", "--out_dir", out, "--max_iters", "30",
-                                   "--resume", "--log_interval", "5")
+                                   "--resume", "--log_interval", "5", "--annealed_share", "0")
     assert code == 0, stderr
     assert "the learning rate keeps its schedule over 20 iterations" in stdout and "iter    30/30" in stdout
     # a light snapshot: no optimizer, buffer or random state

@@ -396,7 +396,7 @@ def train_concept(cfg, ds, family, device, iters_after=0):
     while run["step"] < cfg.max_iters:
         idx = torch.randint(len(ds), (cfg.batch_size,), device=device)
         x_pos = ds.batch(idx, device)  # 1. (B, ...)
-        annealed = run["step"] >= (1 - cfg.annealed_share) * run["horizon"]  # late in the run's schedule
+        annealed = cfg.annealed_share > 0 and run["step"] >= (1 - cfg.annealed_share) * run["horizon"]  # late
         x_neg, i_neg = draw_negatives(cfg, ds, buffer, lambda x, i: raw(x, c_data[i]) + frozen_energy(x, i),
                                       idx, by_value, annealed, device)  # 2. (B, ...), (B,)
         # 3. one forward for both halves (DDP wants one forward per backward); frozen parts carry no gradient
