@@ -440,7 +440,8 @@ def test_annealed_negatives_split_between_modes_by_mass():
     for annealed, low, high in [(True, 0.68, 0.82), (False, 0.0, 0.6)]:
         buffer = ReplayBuffer(4000, (2,), (), torch.long)
         x, i = train.draw_negatives(cfg, ds, buffer, energy, idx, by_value, annealed, torch.device("cpu"))
-        assert x.shape == (2000, 2) and i.shape == (2000,)
+        n = 4000 if annealed else 2000  # annealed: B chains for each of the two values
+        assert x.shape == (n, 2) and i.shape == (n,) and (i >= 1000).sum() == n // 2
         heavy = torch.cdist(x, wells).argmin(1) == (i >= 1000).long()  # (B,): in its value's heavy well
         for value in (0, 1):
             share = heavy[(i >= 1000) == value].float().mean()

@@ -165,16 +165,17 @@ def restart_points(cfg, ds, idx, device):
 
 
 def draw_negatives(cfg, ds, buffer, energy, idx, by_value, annealed, device):
-    """Step 2: the chains x- (B, ...) and the data points (B,) whose labels they carry.
-    From the buffer (the paper's; the first 1 - annealed_share of the run's schedule): persistent
-    chains (restart_points), advanced by `steps` Langevin steps and written back. A persistent chain
-    rarely leaves its mode, so the buffer's share of each mode is set by where chains restarted, not
-    by the model: contrastive divergence cannot see a mode that is too deep or too shallow, and the
-    depths drift. Annealed (the rest): for each value, B / V fresh chains from uniform noise, annealed
-    from eval_anneal to temperature 1 with importance resampling (sampler.run_chains): they split
-    between the modes by the model's own masses, so a mode that holds too much is pushed up. All
-    chains of a value carry the labels of one data point of it (by_value: the data indices of each
-    value), because resampling needs one target per group of chains."""
+    """Step 2: the chains x- (B, ...) and the data points (B,) whose labels they carry (V B of each
+    when annealed). From the buffer (the paper's; the first 1 - annealed_share of the run's
+    schedule): persistent chains (restart_points), advanced by `steps` Langevin steps and written
+    back. A persistent chain rarely leaves its mode, so the buffer's share of each mode is set by
+    where chains restarted, not by the model: contrastive divergence cannot see a mode that is too
+    deep or too shallow, and the depths drift. Annealed (the rest): for each of the V values, B fresh
+    chains from uniform noise (fewer leave each mode's share too noisy), annealed from eval_anneal to
+    temperature 1 with importance resampling (sampler.run_chains): they split between the modes by
+    the model's own masses, so a mode that holds too much is pushed up. All chains of a value carry
+    the labels of one data point of it (by_value: the data indices of each value), because
+    resampling needs one target per group of chains."""
     # spectral norm's W / sigma is computed once per chain; Langevin runs on the unwrapped network
     # (its forwards must not trigger DDP's gradient sync)
     with torch.nn.utils.parametrize.cached():
@@ -184,7 +185,7 @@ def draw_negatives(cfg, ds, buffer, energy, idx, by_value, annealed, device):
                              clamp=ds.data_range, grad_clip=cfg.grad_clip)
             buffer.update(slots, x_neg, i_neg)
             return x_neg, i_neg
-        n = max(len(idx) // len(by_value), 1)  # chains per value; all values in one batch of chains
+        n = len(idx)  # chains per value; all values run in one batch
         i_neg = torch.cat([m[torch.randint(len(m), (1,), device=device)].expand(n) for m in by_value])  # (V n,)
         start = uniform_in_box((len(i_neg), *ds.x.shape[1:]), ds.data_range, device)  # (V n, ...)
         x_neg = run_chains(lambda x: energy(x, i_neg), start, cfg.steps, cfg.step_size, cfg.noise_scale,
@@ -400,7 +401,8 @@ def train_concept(cfg, ds, family, device, iters_after=0):
         x_neg, i_neg = draw_negatives(cfg, ds, buffer, lambda x, i: raw(x, c_data[i]) + frozen_energy(x, i),
                                       idx, by_value, annealed, device)  # 2. (B, ...), (B,)
         # 3. one forward for both halves (DDP wants one forward per backward); frozen parts carry no gradient
-        e_pos, e_neg = net(torch.cat([x_pos, x_neg]), torch.cat([c_data[idx], c_data[i_neg]])).chunk(2)  # (B,) each
+        e_pos, e_neg = net(torch.cat([x_pos, x_neg]), torch.cat([c_data[idx], c_data[i_neg]])).split(
+            [len(idx), len(i_neg)])  # (B,) and (B,), or (V B,) when annealed
         e_pos, e_neg = e_pos + frozen_energy(x_pos, idx), e_neg + frozen_energy(x_neg, i_neg)
         loss = e_pos.mean() - e_neg.mean() + cfg.l2 * (e_pos.pow(2).mean() + e_neg.pow(2).mean())
         opt.zero_grad(set_to_none=True)
