@@ -105,6 +105,8 @@ def run_chains(energy, x, n_steps, step_size, noise_scale=None, anneal=1.0, resa
     if method not in ("ula", "mala", "hmc") or leapfrog < 1 or (method != "ula" and noise_scale <= 0):
         raise ValueError(f"method must be 'ula', 'mala' or 'hmc' (leapfrog >= 1, noise_scale > 0 for the "
                          f"last two), got {method!r}, leapfrog {leapfrog}, noise_scale {noise_scale}")
+    if len(x) % groups:
+        raise ValueError(f"{len(x)} chains cannot form {groups} equal groups")
     tau = noise_scale ** 2 / step_size  # the temperature the step samples at (before annealing)
     n_moves = n_steps // (leapfrog if method == "hmc" else 1)  # HMC: leapfrog gradients per move
     # temperatures T_k from `anneal` down to 1, geometrically
@@ -112,8 +114,6 @@ def run_chains(energy, x, n_steps, step_size, noise_scale=None, anneal=1.0, resa
     x = x.detach().clone()
     e, grad = energy_and_grad(energy, x, grad_clip)
     log_w = torch.zeros(len(x), device=x.device)  # (B,) importance log-weights
-    if len(x) % groups:
-        raise ValueError(f"{len(x)} chains cannot form {groups} equal groups")
     out = Chains(x, [x.clone()] if keep_every else [], 0.0 if resample and clamp is not None and groups == 1 else None)
     for k in range(n_moves):
         if resample:

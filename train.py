@@ -229,11 +229,11 @@ def load_run(path, device, raw, ema, opt, buffer, cfg, ds, log, resumed=False):
         ema.load_state_dict(ckpt.get("ema", ckpt["model"]))
     if "optimizer" in ckpt:
         opt.load_state_dict(ckpt["optimizer"])
-    fresh = not (ckpt.get("chains") == "data_index" and "buffer" in ckpt)
-    if not fresh:
-        buffer.load_state_dict(ckpt["buffer"])  # every rank resumes rank 0's chains; their seeds part them
-    else:  # a light snapshot, or an older checkpoint whose chains kept labels rather than data points
+    fresh = ckpt.get("chains") != "data_index" or "buffer" not in ckpt
+    if fresh:  # a light snapshot, or an older checkpoint whose chains kept labels rather than data points
         log(f"[{ckpt['family']}] note: {path} holds no replay buffer this version can use: the chains start afresh")
+    else:
+        buffer.load_state_dict(ckpt["buffer"])  # every rank resumes rank 0's chains; their seeds part them
     rank = dist.get_rank() if dist.is_initialized() else 0
     if "rng" in ckpt and rank == 0:  # random states are CPU byte tensors, whatever map_location did
         torch.set_rng_state(ckpt["rng"].cpu())
