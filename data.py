@@ -1,32 +1,26 @@
 """Datasets with concept labels.
 
-Every dataset is a `Dataset`: a tensor of inputs `x` and, for each concept
-family, a tensor of labels, together with the names of the family's values.
-A concept model is trained on one family (e.g. `vertical`, whose values are
-`top` and `bottom`) and learns E(x | value).
+Every dataset is a `Dataset`: a tensor of inputs `x` and, for each concept family, a tensor of labels
+and the names of the family's values. A concept model is trained on one family (e.g. `vertical`, whose
+values are `top` and `bottom`) and learns E(x | value).
 
     from data import load_dataset
-    ds = load_dataset("toy2d", n=50_000, seed=0)
+    ds = load_dataset("toy2d", n=50_000, seed=0)  # 16 Gaussian modes on two rings
     ds.x.shape                 # (50000, 2)
-    ds.labels["vertical"]      # (50000,) long: 0 = top, 1 = bottom
+    ds.labels["vertical"]      # (50000,) long: 0 = top, 1 = bottom; also "horizontal" and "ring"
     ds.concepts["vertical"]    # ("top", "bottom")
 
-    ds = load_dataset("shapes", n=20_000, seed=0)
+    ds = load_dataset("shapes", n=20_000, seed=0)  # one rendered sphere, cube or cylinder per image
     ds.x.shape                 # (20000, 3, 32, 32) float in [0, 1]
-    ds.labels["shape"]         # (20000,) long: index into ds.concepts["shape"]
-    ds.labels["size"]          # (20000, 1) float, in ds.ranges["size"]
+    ds.labels["shape"]         # (20000,) long: index into ds.concepts["shape"]; also "color"
+    ds.labels["size"]          # (20000, 1) float, in ds.ranges["size"]; also "position" (20000, 2)
 
-    ds = load_dataset("celeba", data_dir="/data/celeba", image_size=64)
+    ds = load_dataset("celeba", data_dir="/data/celeba", image_size=64)  # or 128: the standard folder
     ds.x                       # (162770, 3, 64, 64) uint8, memory-mapped from out-data/
     ds.batch(torch.arange(8))  # (8, 3, 64, 64) float in [0, 1], dequantised
+    ds.concepts["Smiling"]     # ("not_Smiling", "Smiling"): each of the 40 attributes is a family
 
-  toy2d   16 Gaussian modes on two rings, three binary concept families.
-  shapes  one rendered 3D-looking object (sphere, cube, cylinder) per image; families shape and
-          color (discrete), size and position (continuous), with held-out colors, sizes,
-          lighting and a held-out shape (cone).
-  celeba  CelebA faces from the standard local folder (--data_dir), 64x64 or 128x128;
-          each of the 40 binary attributes is a family (not_Smiling, Smiling).
-
+shapes also has held-out colors, sizes, lighting and shape (cone), to test generalisation.
 This file imports nothing from the project.
 """
 import contextlib
@@ -54,22 +48,14 @@ TOY2D_RANGE = (-3.0, 3.0)  # the box samplers start in and are clamped to
 
 
 def toy2d_modes():
-    """The 16 mode centres and their labels.
-
-    Returns centres (16, 2) and labels, a dict family -> (16,) long tensor of
-    value indices into TOY2D_FAMILIES[family]. Modes 0-7 are the inner ring,
-    8-15 the outer one, each ring at angles (2k+1) * pi / 8, k = 0..7.
-    """
-    angles = torch.tensor([(2 * k + 1) * math.pi / 8 for k in range(8)], dtype=torch.float64)
-    centres, labels = [], {f: [] for f in TOY2D_FAMILIES}
-    for ring, radius in enumerate(TOY2D_RADII):
-        xy = torch.stack([radius * torch.cos(angles), radius * torch.sin(angles)], dim=1)
-        centres.append(xy)
-        labels["vertical"].append((torch.sin(angles) <= 0).long())  # 0 = top
-        labels["horizontal"].append((torch.cos(angles) <= 0).long())  # 0 = right
-        labels["ring"].append(torch.full((8,), ring, dtype=torch.long))  # 0 = inner
-    centres = torch.cat(centres).float()  # (16, 2)
-    return centres, {f: torch.cat(v) for f, v in labels.items()}
+    """The 16 mode centres (16, 2) and their labels: family -> (16,) long index into TOY2D_FAMILIES[family].
+    Modes 0-7 are the inner ring, 8-15 the outer one, each ring at angles (2k+1) * pi / 8, k = 0..7."""
+    angles = torch.tensor([(2 * k + 1) * math.pi / 8 for k in range(8)] * 2, dtype=torch.float64)  # (16,)
+    radii = torch.tensor(TOY2D_RADII, dtype=torch.float64).repeat_interleave(8)  # (16,)
+    centres = torch.stack([radii * torch.cos(angles), radii * torch.sin(angles)], dim=1).float()  # (16, 2)
+    labels = {"vertical": (torch.sin(angles) <= 0).long(), "horizontal": (torch.cos(angles) <= 0).long(),
+              "ring": torch.arange(16) // 8}
+    return centres, labels
 
 
 @dataclass
@@ -125,9 +111,7 @@ def make_toy2d(n=50_000, seed=0):
     return Dataset("toy2d", x, labels, dict(TOY2D_FAMILIES), TOY2D_RANGE)
 
 # ----------------------------------------------------------------------------
-# shapes: one procedurally rendered object per image, numpy only, so the image
-# experiments need no download. Shading multiplies the base color by 0.55..1.0
-# so that the color stays recognisable on every face.
+# shapes: one procedurally rendered object per image, numpy only, so the image experiments need no download.
 
 SHAPES = ("sphere", "cube", "cylinder")
 COLORS = {  # saturated and far from the grey background and from each other
@@ -146,7 +130,7 @@ SHAPES_IMAGE_SIZES = (32, 64)
 SHAPES_HELDOUT = (None, "colors", "light", "sizes", "shape")
 LARGE_SIZES = (0.6, 0.7)  # cross-product data (corner=...): the only sizes outside the corner
 
-AMBIENT = 0.55  # darkest shading factor under the training lights
+AMBIENT = 0.55  # shading scales the color by 0.55..1, so that it stays recognisable on every face
 DEFAULT_LIGHT = (-0.45, 0.85, 0.35)  # (x right, y up, z towards the viewer): from the upper left
 UNSEEN_LIGHT, UNSEEN_GAIN = (0.8, 0.3, 0.5), 0.65  # from the right and dimmer: never seen in training
 _unit = lambda v: np.asarray(v, dtype=np.float64) / np.linalg.norm(v)
@@ -169,8 +153,7 @@ def _draw(img, X, Y, shape, rgb, cx, cy, r, light, gain):
         n = np.stack([u, v, np.sqrt(np.clip(1 - d2, 0, None))], -1)  # (S, S, 3)
         shade, spec = lit(n), 0.8 * np.clip(n @ _unit(light + FRONT_N), 0, None) ** 30
     elif shape == 1:  # cube, oblique view: front square, top and right faces sheared by the depth d
-        s = 1.4  # front face side; the depth offset is 2 - s so the hexagon fills [-1, 1]^2
-        e = -1 + s  # top and right edge of the front face
+        e = -1 + 1.4  # top and right edge of the front face (side 1.4); a depth of 0.6 fills [-1, 1]^2
         front = (u >= -1) & (u <= e) & (v >= -1) & (v <= e)
         top = (v > e) & (v <= 1) & (u - (v - e) >= -1) & (u - (v - e) <= e)
         side = (u > e) & (u <= 1) & (v - (u - e) >= -1) & (v - (u - e) <= e)
@@ -196,17 +179,14 @@ def _draw(img, X, Y, shape, rgb, cx, cy, r, light, gain):
 
 
 def render_shapes(labels, image_size=32, scene="plain", clutter=0, light=None, seed=0):
-    """Render one object per image; returns uint8 (N, H, W, 3), H = W = image_size.
+    """Render one object per image -> uint8 (N, W, W, 3), W = image_size; antialiased (drawn at 2W).
 
-    labels: numpy arrays "shape" (N,) int index into SHAPES + (HELDOUT_SHAPE,), "color" (N, 3)
-    float RGB in [0, 1], "size" (N,) float, "position" (N, 2) float. x is right and y is UP:
-    the object's centre in pixels is cx = W/2 * (1 + 0.55 x), cy = H/2 * (1 - 0.55 y), and its
-    radius (half extent, the same for every shape) is r = 0.35 * size * W.
-    scene "plain": flat grey (0.5) and a fixed light from the upper left; "ground": sky above a
-    horizon, ground below, soft shadows, and a light direction and brightness drawn per image.
-    light "unseen": a dimmer light from the right, outside the training variation.
-    clutter k: k smaller objects of other colors, drawn first, away from the main one.
-    Antialiased: rendered at twice the size, then 2x2 blocks averaged.
+    labels: numpy "shape" (N,) int index into SHAPES + (HELDOUT_SHAPE,), "color" (N, 3) RGB in [0, 1],
+    "size" (N,), "position" (N, 2), x right and y UP: the centre is at cx = W/2 * (1 + POSITION_SCALE x),
+    cy = W/2 * (1 - POSITION_SCALE y), and every shape's radius (half extent) is 0.35 * size * W.
+    scene "plain": flat grey, a fixed light from the upper left; "ground": sky, horizon, ground and soft
+    shadows, with a light direction and brightness drawn per image. light "unseen": a dimmer light from
+    the right, outside the training variation. clutter k: k smaller objects of other colors, drawn first.
     """
     _check("scene", scene, SHAPES_SCENES)
     _check("light", light, (None, "unseen"))
@@ -265,14 +245,13 @@ def make_shapes(n=20_000, seed=0, image_size=32, scene="plain", clutter=0, heldo
                 cache_dir="out-data"):
     """n rendered images with shape, color, size and position labels, cached in cache_dir.
 
-    heldout: None; "colors" (HELDOUT_COLORS only, which concepts["color"] then names); "light"
-    (scene "ground" under the unseen light); "sizes" (in HELDOUT_SIZES; ranges stay the training
-    ones) or "shape" (every object a cone: index 3 of concepts["shape"] = SHAPES + (HELDOUT_SHAPE,),
-    so index k is the same shape in every variant). One seed gives the same sizes and positions
-    with and without a held-out factor.
-    corner (cross-product generalisation, paper 3.4): every object is a red sphere; those in the
-    top-right square holding the share `corner` of positions (corner_side) take every size, the
-    others only LARGE_SIZES (corner=0: large spheres only).
+    heldout (one seed gives the same sizes and positions with and without it): "colors" (HELDOUT_COLORS,
+    which concepts["color"] then names); "light" (scene "ground" under the unseen light); "sizes" (in
+    HELDOUT_SIZES; ranges stay the training ones); "shape" (every object a cone: index 3 of
+    concepts["shape"] = SHAPES + (HELDOUT_SHAPE,), so index k is the same shape in every variant).
+    corner (cross-product generalisation, paper 3.4): every object is a red sphere; those in the top-right
+    square holding the share `corner` of positions (corner_side) take every size, the others only
+    LARGE_SIZES (corner=0: large spheres only).
     """
     _check("heldout", heldout, SHAPES_HELDOUT)
     if corner is not None and not 0 <= corner <= 1:
@@ -303,12 +282,11 @@ def make_shapes(n=20_000, seed=0, image_size=32, scene="plain", clutter=0, heldo
         tmp = f"{path[:-4]}.tmp{os.getpid()}.npz"  # atomic: readers never see half a file
         np.savez(tmp, **d)
         os.replace(tmp, path)
-    x = to_float(d["images"])  # (N, 3, H, W) in [0, 1]
     labels = {"shape": torch.from_numpy(d["shape"]).long(), "color": torch.from_numpy(d["color"]).long(),
               "size": torch.from_numpy(d["size"]).float()[:, None], "position": torch.from_numpy(d["position"]).float()}
     concepts = {"shape": SHAPES + (HELDOUT_SHAPE,) if heldout == "shape" else SHAPES, "color": names,
                 "size": ("size",), "position": ("x", "y")}
-    return Dataset("shapes", x.contiguous(), labels, concepts, (0.0, 1.0),
+    return Dataset("shapes", to_float(d["images"]).contiguous(), labels, concepts, (0.0, 1.0),
                    {"size": SIZE_RANGE, "position": POSITION_RANGE})
 
 
@@ -317,9 +295,9 @@ def make_shapes(n=20_000, seed=0, image_size=32, scene="plain", clutter=0, heldo
 #   DIR/img_align_celeba/000001.jpg ...   178x218 JPEGs
 #   DIR/list_attr_celeba.txt              line 1: count; line 2: the 40 names; then "000001.jpg -1 1 ..."
 #   DIR/list_eval_partition.txt           optional: "000001.jpg 0" (0 train, 1 valid, 2 test)
-# Decoding 200k JPEGs on every run would dominate training, so the first run decodes,
-# crops and resizes them once, in parallel, into a raw uint8 file in cache_dir; later
-# runs (and every torchrun rank) memory-map that file, sharing one copy in the page cache.
+# Decoding 200k JPEGs on every run would dominate training, so the first run decodes, crops and resizes
+# them once, in parallel, into a raw uint8 file in cache_dir; later runs (and every torchrun rank)
+# memory-map that file, sharing one copy in the page cache.
 
 CELEBA_SIZES = (64, 128)
 CELEBA_SPLITS = ("train", "valid", "test", "all")
@@ -333,22 +311,17 @@ def read_celeba_attributes(data_dir):
                                 f"(expected img_align_celeba/ and list_attr_celeba.txt)")
     with open(path) as f:
         lines = f.read().split("\n")
-    names = lines[1].split()
-    files, rows = [], []
-    for line in lines[2:]:
-        if line.strip():
-            parts = line.split()
-            if len(parts) != len(names) + 1:
-                raise ValueError(f"{path}: line {parts[0]!r} has {len(parts) - 1} values, expected {len(names)}")
-            files.append(parts[0])
-            rows.append([v == "1" for v in parts[1:]])
-    return files, names, np.array(rows, dtype=bool).reshape(-1, len(names))
+    names, rows = lines[1].split(), [line.split() for line in lines[2:] if line.strip()]
+    for parts in rows:
+        if len(parts) != len(names) + 1:
+            raise ValueError(f"{path}: line {parts[0]!r} has {len(parts) - 1} values, expected {len(names)}")
+    attrs = np.array([[v == "1" for v in parts[1:]] for parts in rows], dtype=bool).reshape(-1, len(names))
+    return [parts[0] for parts in rows], names, attrs
 
 
 def load_celeba_image(path, image_size):
     """One face: center crop to a square, resize (antialiased) -> (3, S, S) uint8."""
     import imageio.v3 as iio  # only CelebA needs it: toy2d and shapes run without
-
     if not os.path.isfile(path):
         raise FileNotFoundError(f"CelebA image {path} is missing (listed in list_attr_celeba.txt)")
     try:
@@ -375,13 +348,9 @@ def _load_celeba_chunk(args):
 
 
 def make_celeba(data_dir="", image_size=64, split="train", cache_dir="out-data"):
-    """CelebA faces with their 40 binary attributes, each a concept family whose values
-    are ("not_<Name>", "<Name>"): index 1 means the face has the attribute.
-
-    x is (N, 3, S, S) uint8, memory-mapped from the cache (Dataset.batch dequantises batches).
-    split: the official partition ("train", "valid", "test"; every image when
-    list_eval_partition.txt is absent) or "all".
-    """
+    """CelebA faces, x (N, 3, S, S) uint8 memory-mapped from the cache, and their 40 binary attributes, each
+    a family ("not_<Name>", "<Name>"). split: the official partition ("train", "valid", "test"; every
+    image when list_eval_partition.txt is absent) or "all"."""
     if not data_dir:
         raise ValueError("the celeba dataset needs --data_dir: a folder with img_align_celeba/ and "
                          "list_attr_celeba.txt")
@@ -417,7 +386,6 @@ def make_celeba(data_dir="", image_size=64, split="train", cache_dir="out-data")
                 if i % 40 == 39 or done == n:
                     print(f"celeba: {done}/{n} images, {time.time() - t0:.0f} s", flush=True)
         out.flush()
-        del out
         os.replace(tmp, path)
     x = torch.from_file(path, shared=False, size=n * per_image, dtype=torch.uint8).view(n, 3, image_size, image_size)
     labels = {name: torch.from_numpy(attrs[:, j]).long() for j, name in enumerate(names)}  # (N,) each
