@@ -7,20 +7,17 @@ values are `top` and `bottom`) and learns E(x | value).
     from data import load_dataset
     ds = load_dataset("toy2d", n=50_000, seed=0)  # 16 Gaussian modes on two rings
     ds.x.shape                 # (50000, 2)
-    ds.labels["vertical"]      # (50000,) long: 0 = top, 1 = bottom; also "horizontal" and "ring"
-    ds.concepts["vertical"]    # ("top", "bottom")
+    ds.labels["vertical"]      # (50000,) long index into ds.concepts["vertical"] = ("top", "bottom")
 
-    ds = load_dataset("shapes", n=20_000, seed=0)  # one rendered sphere, cube or cylinder per image
+    ds = load_dataset("shapes", n=20_000, seed=0)  # a sphere, cube or cylinder per image; held-out variants
     ds.x.shape                 # (20000, 3, 32, 32) float in [0, 1]
     ds.labels["shape"]         # (20000,) long: index into ds.concepts["shape"]; also "color"
     ds.labels["size"]          # (20000, 1) float, in ds.ranges["size"]; also "position" (20000, 2)
 
-    ds = load_dataset("celeba", data_dir="/data/celeba", image_size=64)  # or 128: the standard folder
+    ds = load_dataset("celeba", data_dir="/data/celeba", image_size=64)  # or 128; 40 attribute families
     ds.x                       # (162770, 3, 64, 64) uint8, memory-mapped from out-data/
     ds.batch(torch.arange(8))  # (8, 3, 64, 64) float in [0, 1], dequantised
-    ds.concepts["Smiling"]     # ("not_Smiling", "Smiling"): each of the 40 attributes is a family
 
-shapes also has held-out colors, sizes, lighting and shape (cone), to test generalisation.
 This file imports nothing from the project.
 """
 import contextlib
@@ -29,7 +26,7 @@ import multiprocessing
 import os
 import time
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -71,17 +68,16 @@ class Dataset:
         return len(self.x)
 
     def batch(self, idx, device="cpu"):
-        """The inputs at indices idx (B,), as floats on `device`. uint8 images (celeba) become
-        (k + u) / 256 with u ~ U[0, 1): uniform dequantisation, so that the model sees a
-        density over [0, 1] and not 256 spikes it could put arbitrarily low energy on."""
+        """The inputs at indices idx (B,), as floats on `device`. uint8 images (celeba) become (k + u) / 256,
+        u ~ U[0, 1): dequantised, so the model sees a density on [0, 1], not 256 spikes it could give any low energy."""
         x = self.x[idx.to(self.x.device)].to(device, non_blocking=True)  # (B, ...)
         if x.dtype == torch.uint8:
             x = (x.float() + torch.rand(x.shape, device=device)) / 256
         return x
 
     def where(self, spec):
-        """The data points whose discrete families take the named values: spec is
-        "family=value,family=value" (e.g. "shape=cube,color=red"); "" keeps everything."""
+        """The data points whose discrete families take the named values: spec is "family=value,family=value"
+        (e.g. "shape=cube,color=red"); "" keeps everything."""
         if not spec:
             return self
         keep = torch.ones(len(self), dtype=torch.bool)
@@ -89,16 +85,14 @@ class Dataset:
             family, _, value = (t.strip() for t in part.partition("="))
             values = self.concepts.get(family)
             if values is None or family in self.ranges:
-                discrete = [f for f in self.concepts if f not in self.ranges]
-                raise ValueError(f"cannot select on {family!r}: {self.name}'s discrete families are "
-                                 f"{', '.join(discrete)}")
+                discrete = ", ".join(f for f in self.concepts if f not in self.ranges)
+                raise ValueError(f"cannot select on {family!r}: {self.name}'s discrete families are {discrete}")
             if value not in values:
                 raise ValueError(f"unknown {family} {value!r}; allowed: {', '.join(values)}")
             keep &= self.labels[family] == values.index(value)
         if not keep.any():
             raise ValueError(f"no {self.name} data point has {spec}")
-        return Dataset(self.name, self.x[keep], {f: v[keep] for f, v in self.labels.items()}, self.concepts,
-                       self.data_range, self.ranges)
+        return replace(self, x=self.x[keep], labels={f: v[keep] for f, v in self.labels.items()})
 
 
 def make_toy2d(n=50_000, seed=0):
@@ -107,8 +101,7 @@ def make_toy2d(n=50_000, seed=0):
     centres, mode_labels = toy2d_modes()
     mode = torch.randint(0, len(centres), (n,), generator=g)  # (N,)
     x = centres[mode] + TOY2D_STD * torch.randn(n, 2, generator=g)  # (N, 2)
-    labels = {f: lab[mode] for f, lab in mode_labels.items()}
-    return Dataset("toy2d", x, labels, dict(TOY2D_FAMILIES), TOY2D_RANGE)
+    return Dataset("toy2d", x, {f: lab[mode] for f, lab in mode_labels.items()}, dict(TOY2D_FAMILIES), TOY2D_RANGE)
 
 # ----------------------------------------------------------------------------
 # shapes: one procedurally rendered object per image, numpy only, so the image experiments need no download.
@@ -121,8 +114,7 @@ COLORS = {  # saturated and far from the grey background and from each other
 }
 HELDOUT_COLORS = {"pink": (1.00, 0.60, 0.75), "brown": (0.55, 0.33, 0.15), "lime": (0.60, 0.95, 0.20)}
 HELDOUT_SHAPE = "cone"  # shape index 3 in render_shapes and in make_shapes' labels
-SIZE_RANGE = (0.3, 0.7)  # training sizes
-HELDOUT_SIZES = (0.75, 0.9)
+SIZE_RANGE, HELDOUT_SIZES = (0.3, 0.7), (0.75, 0.9)  # training sizes, held-out sizes
 POSITION_RANGE = (-1.0, 1.0)
 POSITION_SCALE = 0.55  # an object at x sits at W/2 * (1 + POSITION_SCALE * x): x = +-1 stays inside
 SHAPES_SCENES = ("plain", "ground")
@@ -149,25 +141,20 @@ def _draw(img, X, Y, shape, rgb, cx, cy, r, light, gain):
     spec = 0.0
     if shape == 0:  # sphere: Lambert on the hemisphere's normals, plus a Blinn highlight
         d2 = u * u + v * v
-        mask = d2 <= 1
         n = np.stack([u, v, np.sqrt(np.clip(1 - d2, 0, None))], -1)  # (S, S, 3)
-        shade, spec = lit(n), 0.8 * np.clip(n @ _unit(light + FRONT_N), 0, None) ** 30
-    elif shape == 1:  # cube, oblique view: front square, top and right faces sheared by the depth d
+        mask, shade, spec = d2 <= 1, lit(n), 0.8 * np.clip(n @ _unit(light + FRONT_N), 0, None) ** 30
+    elif shape == 1:  # cube, oblique view: front square, top and right faces sheared by the depth
         e = -1 + 1.4  # top and right edge of the front face (side 1.4); a depth of 0.6 fills [-1, 1]^2
         front = (u >= -1) & (u <= e) & (v >= -1) & (v <= e)
         top = (v > e) & (v <= 1) & (u - (v - e) >= -1) & (u - (v - e) <= e)
         side = (u > e) & (u <= 1) & (v - (u - e) >= -1) & (v - (u - e) <= e)
-        mask = front | top | side
-        shade = np.select([top, side], [lit(TOP_N), lit(SIDE_N)], lit(FRONT_N))
+        mask, shade = front | top | side, np.select([top, side], [lit(TOP_N), lit(SIDE_N)], lit(FRONT_N))
     else:  # cylinder (2) and cone (3): upright bodies of revolution with an elliptical base
         a, e = (0.8, 0.28) if shape == 2 else (0.85, 0.25)  # half width, half height of the ellipses
         base = (u / a) ** 2 + ((v + 1 - e) / e) ** 2 <= 1
-        if shape == 2:
-            half, tilt = np.full_like(v, a), 0.0
-            cap = (u / a) ** 2 + ((v - 1 + e) / e) ** 2 <= 1
-        else:
-            half, tilt = a * (1 - v) / (2 - e), 0.45  # the cone narrows to its apex at v = 1
-            cap = np.zeros_like(base)
+        cap = (u / a) ** 2 + ((v - 1 + e) / e) ** 2 <= 1 if shape == 2 else np.zeros_like(base)
+        # half width at height v and upward tilt of the normals: the cone narrows to its apex at v = 1
+        half, tilt = (np.full_like(v, a), 0.0) if shape == 2 else (a * (1 - v) / (2 - e), 0.45)
         body = (np.abs(u) <= half) & (v >= -1 + e) & (v <= 1 - (e if shape == 2 else 0)) | base
         nx = np.clip(u / np.maximum(half, 1e-6), -1, 1)  # horizontal position across the body
         n = np.stack([nx, np.full_like(nx, tilt), np.sqrt(1 - nx ** 2)], -1)
@@ -181,12 +168,12 @@ def _draw(img, X, Y, shape, rgb, cx, cy, r, light, gain):
 def render_shapes(labels, image_size=32, scene="plain", clutter=0, light=None, seed=0):
     """Render one object per image -> uint8 (N, W, W, 3), W = image_size; antialiased (drawn at 2W).
 
-    labels: numpy "shape" (N,) int index into SHAPES + (HELDOUT_SHAPE,), "color" (N, 3) RGB in [0, 1],
-    "size" (N,), "position" (N, 2), x right and y UP: the centre is at cx = W/2 * (1 + POSITION_SCALE x),
-    cy = W/2 * (1 - POSITION_SCALE y), and every shape's radius (half extent) is 0.35 * size * W.
-    scene "plain": flat grey, a fixed light from the upper left; "ground": sky, horizon, ground and soft
-    shadows, with a light direction and brightness drawn per image. light "unseen": a dimmer light from
-    the right, outside the training variation. clutter k: k smaller objects of other colors, drawn first.
+    labels: numpy "shape" (N,) int index into SHAPES + (HELDOUT_SHAPE,), "color" (N, 3) RGB in [0, 1], "size"
+    (N,), "position" (N, 2), x right and y UP: the centre is at W/2 * (1 + POSITION_SCALE * (x, -y)) pixels
+    and every shape's radius (half extent) is 0.35 * size * W. scene "plain": flat grey, a fixed light from
+    the upper left; "ground": sky, horizon, ground and soft shadows, with a light direction and brightness
+    drawn per image. light "unseen": a dimmer light from the right, outside the training variation.
+    clutter k: k smaller objects of other colors, drawn first.
     """
     _check("scene", scene, SHAPES_SCENES)
     _check("light", light, (None, "unseen"))
@@ -199,11 +186,9 @@ def render_shapes(labels, image_size=32, scene="plain", clutter=0, light=None, s
     t = np.clip((Y / S - 0.45) / 0.55, -1, 1)[..., None]  # (S, S, 1): horizon at 45% of the height
     sky = np.where(t < 0, (0.82, 0.84, 0.86) + t * (0.27, 0.16, 0.01), (0.56, 0.52, 0.47) - t * (0.16, 0.15, 0.14))
     out = np.empty((n, W, W, 3), dtype=np.uint8)
+    L, gain = (_unit(UNSEEN_LIGHT), UNSEEN_GAIN) if light == "unseen" else (_unit(DEFAULT_LIGHT), 1.0)
     for i in range(n):
-        L, gain = _unit(DEFAULT_LIGHT), 1.0
-        if light == "unseen":
-            L, gain = _unit(UNSEEN_LIGHT), UNSEEN_GAIN
-        elif scene == "ground":  # training variation: upper left to top, brightness +-15%
+        if scene == "ground" and light is None:  # training variation: upper left to top, brightness +-15%
             L, gain = _unit((rng.uniform(-0.75, -0.1), rng.uniform(0.65, 1.0), 0.35)), rng.uniform(0.85, 1.15)
         x, y = labels["position"][i]
         objs = [(int(labels["shape"][i]), labels["color"][i], S / 2 * (1 + POSITION_SCALE * x),
@@ -229,15 +214,13 @@ def render_shapes(labels, image_size=32, scene="plain", clutter=0, light=None, s
 
 
 def to_float(images):
-    """uint8 renders or image files, channels last (..., H, W, 3), numpy or torch -> float32
-    (..., 3, H, W) in [0, 1]: the one place that turns pixels into the networks' input."""
+    """uint8 pixels, numpy or torch, (..., H, W, 3) -> float32 (..., 3, H, W) in [0, 1]: the networks' input."""
     x = torch.as_tensor(np.asarray(images))  # (..., H, W, 3) uint8
     return x.movedim(-1, -3).float().div(255)  # (..., 3, H, W)
 
 
 def corner_side(corner):
-    """Side of the top-right square of positions that holds the share `corner` of the
-    position square [-1, 1]^2: it spans [1 - side, 1] in x and in y."""
+    """Side of the top-right square [1 - side, 1]^2 that holds the share `corner` of the positions [-1, 1]^2."""
     return 2 * math.sqrt(corner)
 
 
@@ -245,13 +228,12 @@ def make_shapes(n=20_000, seed=0, image_size=32, scene="plain", clutter=0, heldo
                 cache_dir="out-data"):
     """n rendered images with shape, color, size and position labels, cached in cache_dir.
 
-    heldout (one seed gives the same sizes and positions with and without it): "colors" (HELDOUT_COLORS,
-    which concepts["color"] then names); "light" (scene "ground" under the unseen light); "sizes" (in
-    HELDOUT_SIZES; ranges stay the training ones); "shape" (every object a cone: index 3 of
-    concepts["shape"] = SHAPES + (HELDOUT_SHAPE,), so index k is the same shape in every variant).
+    heldout (one seed gives the same sizes and positions with and without it): "colors" (HELDOUT_COLORS, which
+    concepts["color"] then names); "light" (scene "ground" under the unseen light); "sizes" (in HELDOUT_SIZES;
+    ranges stay the training ones); "shape" (every object a cone: index 3 of concepts["shape"] = SHAPES +
+    (HELDOUT_SHAPE,), so index k is the same shape in every variant).
     corner (cross-product generalisation, paper 3.4): every object is a red sphere; those in the top-right
-    square holding the share `corner` of positions (corner_side) take every size, the others only
-    LARGE_SIZES (corner=0: large spheres only).
+    square holding the share `corner` of positions (corner_side) take every size, the others only LARGE_SIZES.
     """
     _check("heldout", heldout, SHAPES_HELDOUT)
     if corner is not None and not 0 <= corner <= 1:
@@ -295,9 +277,8 @@ def make_shapes(n=20_000, seed=0, image_size=32, scene="plain", clutter=0, heldo
 #   DIR/img_align_celeba/000001.jpg ...   178x218 JPEGs
 #   DIR/list_attr_celeba.txt              line 1: count; line 2: the 40 names; then "000001.jpg -1 1 ..."
 #   DIR/list_eval_partition.txt           optional: "000001.jpg 0" (0 train, 1 valid, 2 test)
-# Decoding 200k JPEGs on every run would dominate training, so the first run decodes, crops and resizes
-# them once, in parallel, into a raw uint8 file in cache_dir; later runs (and every torchrun rank)
-# memory-map that file, sharing one copy in the page cache.
+# Decoding 200k JPEGs per run would dominate training: the first run decodes them once, in parallel, into a
+# raw uint8 file in cache_dir, which later runs (and every torchrun rank) memory-map, sharing one copy.
 
 CELEBA_SIZES = (64, 128)
 CELEBA_SPLITS = ("train", "valid", "test", "all")
@@ -336,8 +317,7 @@ def load_celeba_image(path, image_size):
     top, left = (h - side) // 2, (w - side) // 2
     crop = torch.from_numpy(np.ascontiguousarray(img[top:top + side, left:left + side, :3]))
     crop = crop.permute(2, 0, 1)[None].float()  # (1, 3, side, side)
-    out = torch.nn.functional.interpolate(crop, size=(image_size, image_size), mode="bilinear",
-                                          antialias=True, align_corners=False)
+    out = torch.nn.functional.interpolate(crop, size=(image_size, image_size), mode="bilinear", antialias=True)
     return out[0].round().clamp(0, 255).to(torch.uint8)  # (3, S, S)
 
 
@@ -369,12 +349,11 @@ def make_celeba(data_dir="", image_size=64, split="train", cache_dir="out-data")
     tag = zlib.crc32(os.path.abspath(data_dir).encode())  # one cache per source folder
     path = os.path.join(cache_dir, f"celeba_{tag:08x}_{split}_{image_size}_n{n}.u8")
     if not os.path.exists(path):
-        paths = [os.path.join(data_dir, "img_align_celeba", name) for name in files]
         os.makedirs(cache_dir, exist_ok=True)
         tmp = f"{path}.tmp{os.getpid()}"  # atomic: a killed run leaves no half-written cache
         out = np.memmap(tmp, dtype=np.uint8, mode="w+", shape=(n, per_image))
-        chunk = 256
-        jobs = [(paths[i:i + chunk], image_size) for i in range(0, n, chunk)]
+        img_dir, chunk = os.path.join(data_dir, "img_align_celeba"), 256
+        jobs = [([os.path.join(img_dir, f) for f in files[i:i + chunk]], image_size) for i in range(0, n, chunk)]
         workers = min(os.cpu_count() or 1, len(jobs))
         print(f"celeba: decoding {n} images to {image_size}x{image_size} once, into {path}", flush=True)
         t0, done = time.time(), 0
@@ -389,15 +368,13 @@ def make_celeba(data_dir="", image_size=64, split="train", cache_dir="out-data")
         os.replace(tmp, path)
     x = torch.from_file(path, shared=False, size=n * per_image, dtype=torch.uint8).view(n, 3, image_size, image_size)
     labels = {name: torch.from_numpy(attrs[:, j]).long() for j, name in enumerate(names)}  # (N,) each
-    concepts = {name: (f"not_{name}", name) for name in names}
-    return Dataset("celeba", x, labels, concepts, (0.0, 1.0))
+    return Dataset("celeba", x, labels, {name: (f"not_{name}", name) for name in names}, (0.0, 1.0))
 
 
 DATASETS = {"toy2d": make_toy2d, "shapes": make_shapes, "celeba": make_celeba}
 
 
 def load_dataset(name, **kwargs):
-    """Build a dataset by name; an unknown name is a ValueError listing the known ones."""
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(DATASETS)}")
     return DATASETS[name](**kwargs)
