@@ -5,13 +5,11 @@
     python infer.py --score "position=(-0.5,-0.5) & position=(0.5,0.5)" --samples out/two.npz
     python infer.py --ckpt_dir checkpoints/shapes --concept position --images a.png b.png [--joint] [--map m.png]
 
-The judge, a small supervised CNN, reads shape, color, size and position off a `shapes` image. `--score`
-prints, last, `accuracy X`: the share of samples that show the objects asked for (two or more positions ask
-for that many, paper Figure 5) and in which the whole expression holds as the judge reads it; every score
-comes with the same score on uniform noise (a generator that learned nothing). Concept inference (paper
-section 3.5) reads the value of a concept family off images by energy, argmin_c E(x | c), where several
-views of one scene sum their energies (eq. 12, `--joint`); experiments.py ood|views|objects measures it
-against the judge's network trained on positions (Table 1, Figures 9a and 10).
+The judge, a small supervised CNN, reads shape, color, size and position off a `shapes` image. `--score` prints,
+last, `accuracy X`: the share of samples that show the objects asked for (two or more positions ask for that many,
+paper Figure 5) and in which the whole expression holds, beside the same on uniform noise (a generator that learned
+nothing). Concept inference (paper section 3.5) is argmin_c E(x | c), several views of one scene summing their
+energies (eq. 12, `--joint`); experiments.py ood|views|objects measures it (Table 1, Figures 9a and 10).
 """
 import argparse
 import os
@@ -96,9 +94,8 @@ def train_judge(path=JUDGE_PATH, heads=HEADS, data=dict(n=40_000, seed=101), epo
         judge.train()
         for idx in torch.randperm(n).split(batch)[: n // batch]:
             out = judge(ds.x[idx])
-            loss = sum(weight[h] * (F.cross_entropy(out[h], ds.labels[h][idx]) if h in ("shape", "color")
-                                    else F.mse_loss(out[h], ds.labels[h][idx].reshape(out[h].shape)))
-                       for h in heads)
+            loss = sum(weight[h] * (F.cross_entropy(out[h], ds.labels[h][idx]) if h in ("shape", "color") else
+                                    F.mse_loss(out[h], ds.labels[h][idx].reshape(out[h].shape))) for h in heads)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -163,11 +160,9 @@ def energy_map(net, x, n_grid=41):
     the grid axis, and the local minima (lowest in their 3x3 neighbourhood: where it sees objects), lowest first."""
     values = candidate_values({"encoding": "numbers", "range": POSITION_RANGE, "values": ("x", "y")}, n_grid)
     e = energies_over(net, x[None], values)[0].reshape(n_grid, n_grid).flip(0)  # (n, n): rows y high -> low
-    padded = F.pad(e[None, None], (1, 1, 1, 1), value=float("inf"))
-    is_min = e <= -F.max_pool2d(-padded, 3, stride=1)[0, 0]  # (n, n)
-    rows, cols = torch.nonzero(is_min, as_tuple=True)
+    is_min = e <= -F.max_pool2d(-e[None, None], 3, stride=1, padding=1)[0, 0]  # (n, n); the pool pads with -inf
     axis = torch.linspace(*POSITION_RANGE, n_grid)
-    minima = sorted(((e[r, c].item(), (axis[c].item(), axis.flip(0)[r].item())) for r, c in zip(rows, cols)))
+    minima = sorted((e[r, c].item(), (axis[c].item(), axis.flip(0)[r].item())) for r, c in is_min.nonzero().tolist())
     return e, axis, [p for _, p in minima]
 
 
@@ -218,8 +213,8 @@ def judge_vocabulary(ckpt):
 
 
 def blobs(x, min_pixels=4, max_share=0.3):
-    """Saturated connected regions on the grey background (objects that touch make one): per image, their (x, y)
-    positions as data.render_shapes places them (y up). Over max_share of the image (objects cover <= 20%): noise."""
+    """Per image, the (x, y) positions (as data.render_shapes places them, y up) of the saturated connected regions
+    on the grey background (objects that touch make one). A region over max_share of the image is noise."""
     sat = (x.max(1).values - x.min(1).values) > 0.25  # (N, H, W): colored, not grey
     h, w = sat.shape[1:]
     found = []
@@ -231,7 +226,7 @@ def blobs(x, min_pixels=4, max_share=0.3):
                 region |= grown
                 todo -= grown
                 grown = {(a + da, b + db) for a, b in grown for da, db in ((1, 0), (-1, 0), (0, 1), (0, -1))} & todo
-            if min_pixels <= len(region) <= max_share * h * w:
+            if min_pixels <= len(region) <= max_share * h * w:  # the largest object covers ~20%
                 rows, cols = np.array(list(region)).T + 0.5  # pixel centres
                 places.append(((cols.mean() / (w / 2) - 1) / POSITION_SCALE,
                                (1 - rows.mean() / (h / 2)) / POSITION_SCALE))
@@ -269,12 +264,11 @@ def shows_objects(x, places, k):
 
 def reads_as(family, pred, value):
     """(N,) bool: does the judge read `value` of `family`? value: one for all, () or (d,), or each, (N,) or (N, d)."""
-    v = pred[family]
     if family in ("shape", "color"):
-        return v == value
+        return pred[family] == value
     if family == "size":
-        return (v - value.reshape(-1)).abs() <= SIZE_TOL
-    return (v - value).norm(dim=1) <= POSITION_TOL
+        return (pred["size"] - value.reshape(-1)).abs() <= SIZE_TOL
+    return (pred["position"] - value).norm(dim=1) <= POSITION_TOL
 
 
 def holds(expr, pred, places):
@@ -322,12 +316,11 @@ def main(argv=None):
                    help="moved: python experiments.py ood|views|objects")
     p.add_argument("--models", nargs="+", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    if args.table or args.train_regressor:  # an old spelling: one line to stderr, exit status 2 (a usage error)
-        flag, command = "--train_regressor", "regressor"
-        if args.table:
-            flag, command = "--table", " ".join([args.table] + (["--models", *args.models] if args.models else []))
-        print(f"error: infer.py {flag} moved: run python experiments.py {command}", file=sys.stderr)
-        sys.exit(2)
+    moved = "error: infer.py {} moved: run python experiments.py {}\n"  # to stderr, exit status 2 (a usage error)
+    if args.table:
+        p.exit(2, moved.format("--table", " ".join([args.table] + (["--models", *args.models] if args.models else []))))
+    if args.train_regressor:
+        p.exit(2, moved.format("--train_regressor", "regressor"))
     if args.concept or args.images:
         if not (args.ckpt_dir and args.concept and args.images):
             p.error("concept inference needs --ckpt_dir DIR --concept FAMILY --images FILE [FILE ...]")
@@ -349,8 +342,7 @@ def main(argv=None):
     if x.dim() != 4 or x.shape[1:] != (3, size, size):
         raise ValueError(f"samples have shape {tuple(x.shape)}; the judge reads images (N, 3, {size}, {size})")
     noise = torch.rand(max(len(x), 256), *x.shape[1:], generator=torch.Generator().manual_seed(0))
-    acc, parts = score(expr, x, judge)
-    base, base_parts = score(expr, noise, judge)
+    (acc, parts), (base, base_parts) = score(expr, x, judge), score(expr, noise, judge)
     print(f"{len(x)} samples of {args.score}")
     for name in parts:
         print(f"  {name:<28} {parts[name]:.3f}   (noise baseline {base_parts[name]:.3f})")
