@@ -8,8 +8,8 @@
 The judge, a small supervised CNN, reads shape, color, size and position off a `shapes` image. `--score` prints,
 last, `accuracy X`: the share of samples that show the objects asked for (two or more positions ask for that many,
 paper Figure 5) and in which the whole expression holds, beside the same on uniform noise (a generator that learned
-nothing). Concept inference (paper section 3.5) is argmin_c E(x | c), several views of one scene summing their
-energies (eq. 12, `--joint`); experiments.py ood|views|objects measures it (Table 1, Figures 9a and 10).
+nothing). Concept inference (paper section 3.5): a concept family's value behind an image is argmin_c E(x | c),
+several views of one scene summing their energies (eq. 12, `--joint`); experiments.py ood|views|objects measures it.
 """
 import argparse
 import os
