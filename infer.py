@@ -1,22 +1,15 @@
 """Concept inference, and the supervised judge that scores generated images.
 
-The judge is a plain supervised CNN that reads shape, color, size and position off a `shapes`
-image: it measures compositions (is a sample of "sphere & blue" a blue sphere?), and it is the
-supervised baseline that energy-based inference is compared against.
-
     python infer.py --train_judge                      # ~5 min on 2 CPU cores -> checkpoints/supervised/judge.pt
     python infer.py --score "sphere & blue" --samples out/x.npz
     python infer.py --score "position=(-0.5,-0.5) & position=(0.5,0.5)" --samples out/two.npz
     python infer.py --ckpt_dir checkpoints/shapes --concept position --images a.png b.png [--joint] [--map m.png]
 
-Concept inference (paper section 3.5): the value of a concept family behind an image is
-argmin_c E(x | c); several views of one scene sum their energies (eq. 12, `--joint`).
-experiments.py ood|views|objects measures it (Table 1, Figures 9a and 10).
-
-`--score` prints, last, `accuracy X`: the share of samples that show the objects asked for and in
-which the whole expression holds (a size within 0.1, a position within 0.15). Two or more positions
-ask for that many objects (paper Figure 5), counted as blobs on the grey background: objects that
-touch make one. Every score comes with the same score on uniform noise (a generator that learned nothing).
+The judge, a small supervised CNN, reads shape, color, size and position off a `shapes` image. `--score` prints,
+last, `accuracy X`: the share of samples that show the objects asked for (two or more positions ask for that many,
+paper Figure 5) and in which the whole expression holds, beside the same on uniform noise (a generator that learned
+nothing). Concept inference (paper section 3.5): a concept family's value behind an image is argmin_c E(x | c),
+several views of one scene summing their energies (eq. 12, `--joint`); experiments.py ood|views|objects measures it.
 """
 import argparse
 import os
@@ -46,20 +39,18 @@ class Judge(nn.Module):
 
         def conv(a, b):
             return [nn.Conv2d(a, b, 3, padding=1), nn.BatchNorm2d(b), nn.ReLU()]
-
         self.body = nn.Sequential(*conv(3, w), nn.MaxPool2d(2),  # (B, w, H/2, W/2)
                                   *conv(w, 2 * w), *conv(2 * w, 2 * w), nn.MaxPool2d(2),  # (B, 2w, H/4, W/4)
                                   *conv(2 * w, 4 * w), *conv(4 * w, 4 * w))  # (B, 4w, H/4, W/4)
         # positions need the map, not a global pool: flatten a 4x4 summary of it
         self.head = nn.Sequential(nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(64 * w, 256), nn.ReLU())
-        self.n_shapes, self.n_colors = n_shapes, n_colors
-        self.out = nn.Linear(256, n_shapes + n_colors + 3)
+        self.widths = (n_shapes, n_colors, 1, 2)  # of the outputs of the four heads
+        self.out = nn.Linear(256, sum(self.widths))
 
     def forward(self, x):
         # x: (B, 3, H, W) in [0, 1] -> dict of (B, 3), (B, 8), (B,), (B, 2)
-        o = self.out(self.head(self.body(2 * x - 1)))
-        s, c = self.n_shapes, self.n_colors
-        return {"shape": o[:, :s], "color": o[:, s: s + c], "size": o[:, s + c], "position": o[:, s + c + 1:]}
+        shape, color, size, position = self.out(self.head(self.body(2 * x - 1))).split(self.widths, 1)
+        return {"shape": shape, "color": color, "size": size[:, 0], "position": position}
 
 
 def load_judge(path=JUDGE_PATH, device="cpu"):
@@ -89,14 +80,11 @@ def judge_accuracy(judge, ds):
             "position_error": (p["position"] - ds.labels["position"]).norm(dim=1).mean().item()}
 
 
-def train_judge(path=JUDGE_PATH, heads=HEADS, data=dict(n=40_000, seed=101), epochs=12, batch=128, lr=2e-3,
-                seed=1):
-    """Train the judge's network on `heads` (a subset of HEADS) of renders `data`; report it on
-    4,000 held-out renders of another seed. (The regressor baseline: only position, on the
-    position EBM's own training data.)"""
+def train_judge(path=JUDGE_PATH, heads=HEADS, data=dict(n=40_000, seed=101), epochs=12, batch=128, lr=2e-3, seed=1):
+    """Train the judge's network on `heads` (a subset of HEADS; the regressor baseline takes only position)
+    of renders `data`; report it on 4,000 held-out renders of another seed."""
     torch.manual_seed(seed)
-    ds = load_dataset("shapes", **data)
-    test = load_dataset("shapes", n=4000, seed=seed + 200)
+    ds, test = load_dataset("shapes", **data), load_dataset("shapes", n=4000, seed=seed + 200)
     judge = Judge()
     weight = {"shape": 1, "color": 1, "size": 20, "position": 20}  # the MSEs are small numbers
     opt = torch.optim.AdamW(judge.parameters(), lr=lr, weight_decay=1e-4)
@@ -106,9 +94,8 @@ def train_judge(path=JUDGE_PATH, heads=HEADS, data=dict(n=40_000, seed=101), epo
         judge.train()
         for idx in torch.randperm(n).split(batch)[: n // batch]:
             out = judge(ds.x[idx])
-            loss = sum(weight[h] * (F.cross_entropy(out[h], ds.labels[h][idx]) if h in ("shape", "color")
-                                    else F.mse_loss(out[h], ds.labels[h][idx].reshape(out[h].shape)))
-                       for h in heads)
+            loss = sum(weight[h] * (F.cross_entropy(out[h], ds.labels[h][idx]) if h in ("shape", "color") else
+                                    F.mse_loss(out[h], ds.labels[h][idx].reshape(out[h].shape))) for h in heads)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -128,12 +115,10 @@ def train_judge(path=JUDGE_PATH, heads=HEADS, data=dict(n=40_000, seed=101), epo
 # concept inference by energy: c* = argmin_c sum_i E(x_i | c)   (paper eq. 12)
 
 def candidate_values(ckpt, n_grid):
-    """The values to try: every index of a discrete family (V,), or a grid of n_grid per number over a
-    continuous one's range (V, d)."""
+    """The values to try: every index of a discrete family (V,), or n_grid per number over its range (V, d)."""
     if ckpt["encoding"] == "index":
         return torch.arange(len(ckpt["values"]))
-    low, high = ckpt["range"]
-    axis = torch.linspace(low, high, n_grid)
+    axis = torch.linspace(*ckpt["range"], n_grid)
     axes = torch.meshgrid(*[axis] * len(ckpt["values"]), indexing="xy")
     return torch.stack([a.reshape(-1) for a in axes], 1)  # (n_grid^d, d); position: x fastest
 
@@ -146,16 +131,13 @@ def energies_over(net, x, values):
 
 def infer(net, ckpt, x, joint=False, n_grid=21, refine_steps=60):
     """Inferred values of the model's concept family for images x (N, 3, H, W): one per image, (N,) or
-    (N, d); with joint=True one for all, (1,) or (1, d). For x (S, K, 3, H, W): one per scene of K views.
-    Views sum their energies (eq. 12). Discrete: the argmin over every value; continuous: the argmin
-    over a grid, then gradient descent on the numbers (`refine`)."""
+    (N, d); with joint=True one for all, (1,) or (1, d); for x (S, K, 3, H, W) one per scene of K views.
+    Discrete: the argmin over every value; continuous: the argmin over a grid, then `refine`."""
     views = x if x.dim() == 5 else x[None] if joint else x[:, None]  # (S, K, 3, H, W)
     values = candidate_values(ckpt, n_grid)
     e = energies_over(net, views.flatten(0, 1), values).view(*views.shape[:2], -1).sum(1)  # (S, V): eq. 12
     best = values[e.argmin(1)]  # (S,) or (S, d)
-    if ckpt["encoding"] == "index":
-        return best
-    return refine(net, ckpt, views, best, refine_steps)
+    return best if ckpt["encoding"] == "index" else refine(net, ckpt, views, best, refine_steps)
 
 
 def refine(net, ckpt, views, start, steps=60):
@@ -165,9 +147,8 @@ def refine(net, ckpt, views, start, steps=60):
     c = start.clone().requires_grad_(True)
     opt = torch.optim.Adam([c], lr=0.02 * (high - low))
     for _ in range(steps):
-        loss = net(flat, c.repeat_interleave(K, 0)).sum()  # each scene's value for each of its views
         opt.zero_grad()
-        loss.backward()
+        net(flat, c.repeat_interleave(K, 0)).sum().backward()  # each scene's value for each of its views
         opt.step()
         with torch.no_grad():
             c.clamp_(low, high)
@@ -179,11 +160,9 @@ def energy_map(net, x, n_grid=41):
     the grid axis, and the local minima (lowest in their 3x3 neighbourhood: where it sees objects), lowest first."""
     values = candidate_values({"encoding": "numbers", "range": POSITION_RANGE, "values": ("x", "y")}, n_grid)
     e = energies_over(net, x[None], values)[0].reshape(n_grid, n_grid).flip(0)  # (n, n): rows y high -> low
-    padded = F.pad(e[None, None], (1, 1, 1, 1), value=float("inf"))
-    is_min = e <= -F.max_pool2d(-padded, 3, stride=1)[0, 0]  # (n, n)
-    rows, cols = torch.nonzero(is_min, as_tuple=True)
+    is_min = e <= -F.max_pool2d(-e[None, None], 3, stride=1, padding=1)[0, 0]  # (n, n); the pool pads with -inf
     axis = torch.linspace(*POSITION_RANGE, n_grid)
-    minima = sorted(((e[r, c].item(), (axis[c].item(), axis.flip(0)[r].item())) for r, c in zip(rows, cols)))
+    minima = sorted((e[r, c].item(), (axis[c].item(), axis.flip(0)[r].item())) for r, c in is_min.nonzero().tolist())
     return e, axis, [p for _, p in minima]
 
 
@@ -194,10 +173,9 @@ def save_energy_map(x, e, minima, path, title):
     edge = 1 / POSITION_SCALE  # the image's border in position units
     ax[0].imshow(x.permute(1, 2, 0).numpy(), extent=(-edge, edge, -edge, edge))
     ax[1].imshow(e.numpy(), cmap="gray", extent=(*POSITION_RANGE, *POSITION_RANGE))
-    for a in ax:
+    for a, name in zip(ax, ("image (axes: position)", title)):
         a.plot([p[0] for p in minima[:2]], [p[1] for p in minima[:2]], "r+", ms=12)
-    ax[0].set_title("image (axes: position)", fontsize=8)
-    ax[1].set_title(title, fontsize=8)
+        a.set_title(name, fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -229,35 +207,27 @@ def read_images(paths, size):
 
 def judge_vocabulary(ckpt):
     """The names the judge can read, as concepts without models (for parse)."""
-    names = {n: Concept(None, "shape", i, n) for i, n in enumerate(ckpt["shapes"])}
-    names.update({n: Concept(None, "color", i, n) for i, n in enumerate(ckpt["colors"])})
-    names["size"] = Family(None, "size", ("size",), *SIZE_RANGE)
-    names["position"] = Family(None, "position", ("x", "y"), *POSITION_RANGE)
-    return names
+    names = {n: Concept(None, fam, i, n) for fam in ("shape", "color") for i, n in enumerate(ckpt[fam + "s"])}
+    return dict(names, size=Family(None, "size", ("size",), *SIZE_RANGE),
+                position=Family(None, "position", ("x", "y"), *POSITION_RANGE))
 
 
 def blobs(x, min_pixels=4, max_share=0.3):
-    """Saturated connected regions on the grey background: per image, a list of their (x, y) positions in
-    the dataset's coordinates (data.render_shapes: centre = W/2 * (1 + POSITION_SCALE x), y up). A region
-    over max_share of the image is noise, not an object (the largest covers ~20%), and is not counted."""
+    """Per image, the (x, y) positions (as data.render_shapes places them, y up) of the saturated connected regions
+    on the grey background (objects that touch make one). A region over max_share of the image is noise."""
     sat = (x.max(1).values - x.min(1).values) > 0.25  # (N, H, W): colored, not grey
     h, w = sat.shape[1:]
     found = []
     for m in sat.numpy():
         todo, places = set(zip(*np.nonzero(m))), []  # saturated pixels not yet in a region
         while todo:
-            stack = [min(todo)]  # flood fill, 4-connected, from the first pixel left in row-major order
-            todo.remove(stack[0])
-            pix = []
-            while stack:
-                a, b = stack.pop()
-                pix.append((a, b))
-                for q in ((a + 1, b), (a - 1, b), (a, b + 1), (a, b - 1)):
-                    if q in todo:
-                        todo.remove(q)
-                        stack.append(q)
-            if min_pixels <= len(pix) <= max_share * h * w:
-                rows, cols = np.array(pix).T + 0.5  # pixel centres
+            region, grown = set(), {min(todo)}  # flood fill from the first pixel left in row-major order
+            while grown:  # add the 4-connected neighbours still to do, until there are none
+                region |= grown
+                todo -= grown
+                grown = {(a + da, b + db) for a, b in grown for da, db in ((1, 0), (-1, 0), (0, 1), (0, -1))} & todo
+            if min_pixels <= len(region) <= max_share * h * w:  # the largest object covers ~20%
+                rows, cols = np.array(list(region)).T + 0.5  # pixel centres
                 places.append(((cols.mean() / (w / 2) - 1) / POSITION_SCALE,
                                (1 - rows.mean() / (h / 2)) / POSITION_SCALE))
         found.append(places)
@@ -280,32 +250,25 @@ def positions_hold(places, asked):
 
 
 def asked_positions(expr):
-    """The position concepts of a conjunction: two or more ask for that many objects."""
+    """The position concepts of a conjunction: two or more ask for one object per distinct place."""
     return [t for t in expr.terms if isinstance(t, Concept) and t.family == "position"] if isinstance(expr, And) else []
 
 
-def objects_asked(expr):
-    """How many objects an expression asks for: one per distinct place of a conjunction's positions, at least one."""
-    return max(1, len(distinct_places([t.value for t in asked_positions(expr)])))
-
-
 def shows_objects(x, places, k):
-    """(N,) bool: the object rule. An image x (N, 3, H, W) counts only where it shows the k objects
-    asked for: k saturated blobs (places: blobs(x)) on a mostly plain grey (0.5) background. The
-    judge alone is not enough: it calls smooth noise a cube and an empty grey image size 0.35.
-    (Every training render is at least 75% grey; smooth noise at most 11%.)"""
+    """(N,) bool, the object rule: does image x (N, 3, H, W) show k saturated blobs (places: blobs(x)) on a
+    mostly plain grey (0.5) background? The judge alone is not enough: it calls smooth noise a cube and an
+    empty grey image size 0.35. (Every training render is at least 75% grey; smooth noise at most 11%.)"""
     grey = ((x - 0.5).abs().amax(1) < 0.1).float().mean((1, 2)) >= 0.6  # (N,)
     return grey.cpu() & torch.tensor([len(p) == k for p in places], dtype=torch.bool)
 
 
 def reads_as(family, pred, value):
     """(N,) bool: does the judge read `value` of `family`? value: one for all, () or (d,), or each, (N,) or (N, d)."""
-    v = pred[family]
     if family in ("shape", "color"):
-        return v == value
+        return pred[family] == value
     if family == "size":
-        return (v - value.reshape(-1)).abs() <= SIZE_TOL
-    return (v - value).norm(dim=1) <= POSITION_TOL
+        return (pred["size"] - value.reshape(-1)).abs() <= SIZE_TOL
+    return (pred["position"] - value).norm(dim=1) <= POSITION_TOL
 
 
 def holds(expr, pred, places):
@@ -329,7 +292,8 @@ def holds(expr, pred, places):
 def score(expr, x, judge):
     """Share of images x (N, 3, H, W) that show the objects asked for and in which `expr` holds; the same per part."""
     pred, places = predict(judge, x), blobs(x)
-    shown = shows_objects(x, places, objects_asked(expr))  # (N,)
+    k = max(1, len(distinct_places([t.value for t in asked_positions(expr)])))  # the objects asked for
+    shown = shows_objects(x, places, k)  # (N,)
     atoms = expr.terms if isinstance(expr, And) else [expr]
     parts = {repr(t): (shown & holds(t, pred, places)).float().mean().item() for t in atoms}
     return (shown & holds(expr, pred, places)).float().mean().item(), parts
@@ -352,15 +316,15 @@ def main(argv=None):
                    help="moved: python experiments.py ood|views|objects")
     p.add_argument("--models", nargs="+", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    moved = "error: infer.py {} moved: run python experiments.py {}\n"  # to stderr, exit status 2 (a usage error)
     if args.table:
-        moved("--table", " ".join([args.table] + (["--models", *args.models] if args.models else [])))
+        p.exit(2, moved.format("--table", " ".join([args.table] + (["--models", *args.models] if args.models else []))))
     if args.train_regressor:
-        moved("--train_regressor", "regressor")
+        p.exit(2, moved.format("--train_regressor", "regressor"))
     if args.concept or args.images:
         if not (args.ckpt_dir and args.concept and args.images):
             p.error("concept inference needs --ckpt_dir DIR --concept FAMILY --images FILE [FILE ...]")
-        infer_cli(args)
-        return
+        return infer_cli(args)
     if args.train_judge:
         train_judge(args.judge)
         return
@@ -378,19 +342,11 @@ def main(argv=None):
     if x.dim() != 4 or x.shape[1:] != (3, size, size):
         raise ValueError(f"samples have shape {tuple(x.shape)}; the judge reads images (N, 3, {size}, {size})")
     noise = torch.rand(max(len(x), 256), *x.shape[1:], generator=torch.Generator().manual_seed(0))
-    acc, parts = score(expr, x, judge)
-    base, base_parts = score(expr, noise, judge)
+    (acc, parts), (base, base_parts) = score(expr, x, judge), score(expr, noise, judge)
     print(f"{len(x)} samples of {args.score}")
     for name in parts:
         print(f"  {name:<28} {parts[name]:.3f}   (noise baseline {base_parts[name]:.3f})")
-    print(f"noise_baseline {base:.3f}")
-    print(f"accuracy {acc:.3f}")
-
-
-def moved(flag, command):
-    """One line to stderr saying where an old spelling went, and exit status 2 (a usage error)."""
-    print(f"error: infer.py {flag} moved: run python experiments.py {command}", file=sys.stderr)
-    sys.exit(2)
+    print(f"noise_baseline {base:.3f}\naccuracy {acc:.3f}")
 
 
 def infer_cli(args):
@@ -404,13 +360,10 @@ def infer_cli(args):
     net, ckpt = load_checkpoint(path)
     x = read_images(args.images, ckpt["config"]["x_shape"][-1])
     found = infer(net, ckpt, x, joint=args.joint)
-    show = (lambda v: ckpt["values"][int(v)]) if ckpt["encoding"] == "index" else \
-        (lambda v: "(" + ", ".join(f"{t:.3f}" for t in v.reshape(-1).tolist()) + ")")
-    if args.joint:
-        print(f"all {len(x)} images: {args.concept} = {show(found[0])}")
-    else:
-        for name, v in zip(args.images, found):
-            print(f"{name}: {args.concept} = {show(v)}")
+    for name, v in [(f"all {len(x)} images", found[0])] if args.joint else zip(args.images, found):
+        value = ckpt["values"][int(v)] if ckpt["encoding"] == "index" else \
+            "(" + ", ".join(f"{t:.3f}" for t in v.tolist()) + ")"
+        print(f"{name}: {args.concept} = {value}")
     if args.map:
         if args.concept != "position":
             raise ValueError("--map draws an energy map over positions: use it with --concept position")
