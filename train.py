@@ -82,18 +82,16 @@ class Config:
     snapshots: bool = False  # also keep the weights of every checkpoint in <out_dir>/snapshots/
 
 
-# Per-dataset defaults, under the command line. Images want a cold, large-step sampler (as the released
-# code: step 10-100, noise 0.005, clipped to [0, 1]), fewer Langevin steps per iteration, many more iterations.
+# Per-dataset defaults, under the command line. Images want a cold, large-step sampler (as the released code:
+# step 10-100, noise 0.005, clipped to [0, 1]), fewer Langevin steps per iteration and many more iterations.
 IMAGE_DEFAULTS = dict(annealed_share=0.0, min_lr_ratio=0.1, l2=0.1, step_size=20.0, noise_scale=0.005,
                       grad_clip=0.01, reinit_from_data=0.5, reinit_noise=0.1, reinit_any=True, eval_anneal=1.0,
                       log_interval=50, ema=0.99)
-DATASET_DEFAULTS = {
-    "shapes": dict(IMAGE_DEFAULTS, n_data=20_000, max_iters=4000, batch_size=64, lr=1e-3, steps=10,
-                   buffer_size=5000, snapshots=True),
-    # the paper's scale, for a GPU (under torchrun the batch is per process); 40 steps as released; not tuned
-    "celeba": dict(IMAGE_DEFAULTS, img_size=64, max_iters=20_000, batch_size=128, lr=2e-4, steps=40,
-                   ckpt_interval=500),
-}
+DATASET_DEFAULTS = {"shapes": dict(IMAGE_DEFAULTS, n_data=20_000, max_iters=4000, batch_size=64, lr=1e-3, steps=10,
+                                   buffer_size=5000, snapshots=True),
+                    # the paper's scale, for a GPU (the batch is per torchrun process); 40 steps as released; not tuned
+                    "celeba": dict(IMAGE_DEFAULTS, img_size=64, max_iters=20_000, batch_size=128, lr=2e-4, steps=40,
+                                   ckpt_interval=500)}
 
 
 def value_of(key, kind):
@@ -109,10 +107,9 @@ def value_of(key, kind):
 
 
 def parse_config(argv):
-    """Config from `--key value` / `--key=value` pairs over the dataset's defaults; unknown keys and bad
-    values are errors."""
-    p = argparse.ArgumentParser(description="Train concept EBMs (see train.py's docstring).",
-                                allow_abbrev=False, exit_on_error=False)
+    """Config from `--key value` / `--key=value` pairs over the dataset's defaults; errors name the setting."""
+    p = argparse.ArgumentParser(description="Train concept EBMs (see train.py's docstring).", allow_abbrev=False,
+                                exit_on_error=False)
     for f in dataclasses.fields(Config):
         kind = type(f.default)  # a bare --flag sets a boolean
         p.add_argument(f"--{f.name}", type=value_of(f.name, kind),
@@ -130,10 +127,11 @@ def parse_config(argv):
     cfg = Config(**{**DATASET_DEFAULTS.get(given.get("dataset", Config.dataset), {}), **given})
     cfg.preset = cfg.preset or (f"celeba{cfg.img_size}" if cfg.dataset == "celeba" else "shapes32")
     cfg.out_dir = cfg.out_dir or f"out-{cfg.dataset}"
-    problems = [(getattr(cfg, key) < 1, f"--{key} must be at least 1, got {getattr(cfg, key)}") for key in (
-        "max_iters", "batch_size", "steps", "buffer_size", "n_data", "log_interval", "ckpt_interval", "sample_interval")]
-    problems += [
-        (cfg.preset not in IMAGE_PRESETS, f"unknown --preset {cfg.preset!r}; known presets: {', '.join(IMAGE_PRESETS)}"),
+    counts = ("max_iters", "batch_size", "steps", "buffer_size", "n_data", "log_interval", "ckpt_interval",
+              "sample_interval")
+    problems = [(getattr(cfg, key) < 1, f"--{key} must be at least 1, got {getattr(cfg, key)}") for key in counts] + [
+        (cfg.preset not in IMAGE_PRESETS,
+         f"unknown --preset {cfg.preset!r}; known presets: {', '.join(IMAGE_PRESETS)}"),
         (cfg.pool not in ("", "sum", "mean", "dense"), f"unknown --pool {cfg.pool!r}; known: sum, mean, dense"),
         (cfg.lr_horizon < 0, f"--lr_horizon must be 0 (the run's --max_iters) or more, got {cfg.lr_horizon}"),
         (not 0 <= cfg.annealed_share <= 1, f"--annealed_share must be in [0, 1], got {cfg.annealed_share}"),
@@ -157,12 +155,10 @@ def restart_points(cfg, ds, idx, device):
 
 
 def draw_negatives(cfg, ds, buffer, energy, idx, by_value, annealed, device):
-    """Step 2: the chains x- (B, ...) and the data points (B,) whose labels they carry. Not annealed (the
-    first 1 - annealed_share of the schedule): persistent chains from the buffer, `steps` more steps each;
-    they rarely leave their mode, so the restarts, not the model, set each mode's share, and CD cannot see
-    a mode that is too deep. Annealed: for each of the V values (by_value: its data indices), B fresh chains
-    from noise, annealed and resampled (sampler.run_chains): they split between modes by the model's masses.
-    All chains of a value carry one data point's labels: resampling needs one target per group."""
+    """Step 2: the chains x- (B, ...) and the data points (B,) whose labels they carry. Early: persistent chains
+    from the buffer, `steps` more steps each; they keep their mode, so the restarts, not the model, set each mode's
+    share. Late (annealed): for each of the V values (by_value: its data indices), B fresh chains from noise,
+    annealed and resampled (sampler.run_chains): they split between the modes by the model's own masses."""
     # spectral norm's W / sigma once per chain; `energy` is the unwrapped network (no DDP gradient sync)
     with torch.nn.utils.parametrize.cached():
         if not annealed:
@@ -171,7 +167,7 @@ def draw_negatives(cfg, ds, buffer, energy, idx, by_value, annealed, device):
                              clamp=ds.data_range, grad_clip=cfg.grad_clip)
             buffer.update(slots, x_neg, i_neg)
             return x_neg, i_neg
-        n = len(idx)  # chains per value; all values run in one batch
+        n = len(idx)  # chains per value, all in one batch; a value's chains share one target, for resampling
         i_neg = torch.cat([m[torch.randint(len(m), (1,), device=device)].expand(n) for m in by_value])  # (V n,)
         start = uniform_in_box((len(i_neg), *ds.x.shape[1:]), ds.data_range, device)  # (V n, ...)
         x_neg = run_chains(lambda x: energy(x, i_neg), start, cfg.steps, cfg.step_size, cfg.noise_scale,
@@ -188,8 +184,8 @@ def learning_rate(cfg, step, horizon, scale=1.0):
 
 
 def typical_data_energy(net, ds, c_data, family, device):
-    """The mean energy of each value on (up to 1024 of) its data; a continuous family has one,
-    over all its data. compose.py's negation measures 'unlike b' against it."""
+    """The mean energy of each value on (up to 1024 of) its data (continuous: one, over all the data), against
+    which compose.py's negation measures 'unlike b'."""
     with torch.no_grad():
         groups = [torch.arange(min(1024, len(ds)))] if family in ds.ranges else \
             [torch.nonzero(c_data == v).squeeze(1)[:1024] for v in range(len(ds.concepts[family]))]
@@ -228,8 +224,7 @@ def load_run(path, device, raw, ema, opt, buffer, cfg, ds, log, resumed=False):
     run = {"step": ckpt["step"], "elapsed": ckpt["elapsed"], "family": ckpt["family"],
            "horizon": cfg.lr_horizon or ckpt.get("lr_horizon", ckpt["config"]["max_iters"]),
            "lr_scale": ckpt.get("lr_scale", 1.0), "rollbacks": ckpt.get("rollbacks", 0),
-           # a trained model tells fresh noise from its data at once: the divergence guard waits
-           # until each chain has been drawn about five times
+           # a trained model tells fresh noise from data at once: the guard waits ~5 draws of each chain
            "guard_from": ckpt["step"] + (5 * cfg.buffer_size // cfg.batch_size if fresh else 0)}
     if resumed:
         log(f"[{run['family']}] resumed from {path} at step {run['step']}" + (
@@ -244,8 +239,8 @@ def run_config(cfg, ds):
 
 
 def save_run(path, cfg, ds, family, run, raw, ema, opt, buffer, c_data):
-    """Write the run atomically; with --snapshots also its weights alone, in <out_dir>/snapshots/, to
-    measure quality against training time (`python bench.py --curve DIR`) and to resume from."""
+    """Write the run atomically; with --snapshots also its weights alone in <out_dir>/snapshots/ (for
+    `python bench.py --curve DIR`: quality against training time; they resume too)."""
     data_energy = typical_data_energy((ema if ema is not None else raw).eval(), ds, c_data, family, c_data.device)
     raw.train()
     ckpt = {"model": raw.state_dict(), **({"ema": ema.state_dict()} if ema is not None else {}),
@@ -283,8 +278,7 @@ def build_run(cfg, ds, family, device):
     raw = build_concept_model(cfg, ds, family).to(device)
     if ds.x.dim() == 4:  # faster convolutions on CPUs, and under bf16 on GPUs (model.ImageEnergy)
         raw = raw.to(memory_format=torch.channels_last)
-    # The weights of a CD-trained EBM oscillate: chains and model chase each other. Their
-    # running average is a steadier energy for sampling from noise afterwards (as in ICD).
+    # CD's weights oscillate (chains and model chase each other): their average samples better afterwards (ICD)
     ema = copy.deepcopy(raw).requires_grad_(False) if cfg.ema else None
     # Adam with beta1 = 0, as in the paper; on a GPU fused: one kernel for every parameter, not a dozen per tensor
     opt = torch.optim.Adam(raw.parameters(), lr=cfg.lr, betas=(0.0, 0.999), fused=device.type == "cuda")
@@ -306,8 +300,7 @@ def load_frozen(cfg, ds, family, device):
 
 
 def read_stats(stats, seen, world):
-    """The mean loss, E+ and E- since the last look, from their sums on the device (and, under DDP,
-    over every rank, so that all ranks take the same decisions)."""
+    """The mean loss, E+ and E- since the last look, from their sums (under DDP over all ranks: all decide alike)."""
     if world > 1:
         dist.all_reduce(stats)
     means = (stats / (seen * world)).tolist()  # the one host synchronisation, at log and checkpoint steps
@@ -318,33 +311,28 @@ def read_stats(stats, seen, world):
 ROLLBACKS = 3  # a run that diverges more often than this stops, keeping its last good checkpoint
 
 
-def roll_back(path, run, state, cfg, ds, device, log, why):
-    """Back to the last checkpoint (written before the divergence) at half the learning rate; the lost
-    stretch still counts as time spent. Returns the new run, or None after ROLLBACKS rollbacks."""
-    if run["rollbacks"] == ROLLBACKS:
-        log(f"[{run['family']}] diverged again at step {run['step']} after {ROLLBACKS} rollbacks: stopping; "
-            f"{path} holds the last good weights")
-        return None
-    new = load_run(path, device, *state, cfg, ds, log)
-    new.update(lr_scale=run["lr_scale"] / 2, rollbacks=run["rollbacks"] + 1, started=run["started"],
-               since=(time.time(), new["step"]))  # the speed is measured afresh
-    log(f"[{new['family']}] {why}; rolled back to step {new['step']}, learning rate x{new['lr_scale']:g} "
-        f"(rollback {new['rollbacks']} of {ROLLBACKS})", flush=True)
-    return new
-
-
 def take_stock(cfg, ds, path, run, state, c_data, means, chains, log, iters_after):
-    """At a log or checkpoint step: stop on a non-finite loss; roll back on divergence (returning the new
-    run, or None to stop); else log, draw the chains (images) and save. means: loss, E+, E-."""
+    """At a log or checkpoint step, with the mean loss, E+ and E- (means): stop on a non-finite loss; on
+    divergence go back to the last checkpoint at half the learning rate (returns the new run, or None after
+    ROLLBACKS rollbacks: stop); else log, draw the chains (images) and save (returns run)."""
     family, step, (loss, e_pos, e_neg) = run["family"], run["step"], means
     last, rank = step == cfg.max_iters, dist.get_rank() if dist.is_initialized() else 0
     if not math.isfinite(loss):
         raise RuntimeError(f"[{family}] loss is {loss} at step {step}: training diverged; "
                            f"try a smaller --lr or a larger --l2 (last checkpoint: {path})")
+    # the data's energy running away below the samples': the model no longer samples its data
     if cfg.diverge_gap > 0 and e_pos - e_neg < -cfg.diverge_gap and step > run["guard_from"] and os.path.exists(path):
-        # the data's energy runs away below the samples': the model no longer samples its data
-        return roll_back(path, run, state, cfg, ds, c_data.device, log,
-                         f"E+ - E- = {e_pos - e_neg:+.3f} at step {step}: diverging")
+        if run["rollbacks"] == ROLLBACKS:
+            log(f"[{family}] diverged again at step {step} after {ROLLBACKS} rollbacks: stopping; "
+                f"{path} holds the last good weights")
+            return None
+        new = load_run(path, c_data.device, *state, cfg, ds, log)
+        # the lost stretch still counts as time spent; the speed is measured afresh
+        new.update(lr_scale=run["lr_scale"] / 2, rollbacks=run["rollbacks"] + 1, started=run["started"],
+                   since=(time.time(), new["step"]))
+        log(f"[{family}] E+ - E- = {e_pos - e_neg:+.3f} at step {step}: diverging; rolled back to step {new['step']}, "
+            f"learning rate x{new['lr_scale']:g} (rollback {new['rollbacks']} of {ROLLBACKS})", flush=True)
+        return new
     if step % cfg.log_interval == 0 or last:
         rate = (step - run["since"][1]) / (time.time() - run["since"][0])  # iterations per second, for the ETA
         minutes_left = (cfg.max_iters - step + iters_after) / rate / 60
@@ -393,7 +381,7 @@ def train_concept(cfg, ds, family, device, iters_after=0):
         f"batch {cfg.batch_size} x {world} process(es), {cfg.steps} Langevin steps, "
         f"iterations {run['step']} -> {cfg.max_iters}", flush=True)
     stats, seen = torch.zeros(3, device=device), 0  # loss, E+, E- summed on the device since the last look
-    run.update(started=time.time() - run["elapsed"], since=(time.time(), run["step"]))  # time spent; speed from
+    run.update(started=time.time() - run["elapsed"], since=(time.time(), run["step"]))  # clocks: time spent, speed
     while run["step"] < cfg.max_iters:
         idx = torch.randint(len(ds), (cfg.batch_size,), device=device)
         x_pos = ds.batch(idx, device)  # 1. (B, ...)
@@ -444,9 +432,8 @@ def dataset_for(cfg):
 
 
 def setup_device(cfg):
-    """The device, and the process group under `torchrun --standalone --nproc_per_node=N train.py ...`:
-    each of the N processes takes GPU LOCAL_RANK (NCCL; on CPUs gloo), draws its own batches (a global
-    batch of batch_size x N) and runs its own replay buffer; DDP averages the gradients."""
+    """The device, and the process group under `torchrun --standalone --nproc_per_node=N train.py ...`: each
+    process takes GPU LOCAL_RANK (NCCL; CPUs: gloo), its own batches (batch_size x N in all) and replay buffer."""
     cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
     if cuda and not torch.cuda.is_available():
         raise ValueError("--device cuda was asked for, but no CUDA GPU is visible")
@@ -459,8 +446,7 @@ def setup_device(cfg):
     device = torch.device(f"cuda:{local_rank}" if cuda else "cpu")
     if cuda:
         torch.cuda.set_device(device)
-    # a long timeout: the other ranks wait while rank 0 decodes CelebA once (main). NCCL is told
-    # its GPU, rather than guess it from the rank
+    # long: the other ranks wait while rank 0 decodes CelebA (main); NCCL is told its GPU, not left to guess
     dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(hours=2),
                             **({"device_id": device} if cuda else {}))
     return device
