@@ -82,20 +82,16 @@ class Config:
     snapshots: bool = False  # also keep the weights of every checkpoint in <out_dir>/snapshots/
 
 
-# Per-dataset defaults, applied before the command line (other settings: Config's). Images want a
-# cold, large-step sampler (the released code: step 10-100, noise 0.005, clipped to [0, 1]), fewer
-# Langevin steps per iteration and many more iterations.
+# Per-dataset defaults, under the command line. Images want a cold, large-step sampler (as the released code:
+# step 10-100, noise 0.005, clipped to [0, 1]), fewer Langevin steps per iteration and many more iterations.
 IMAGE_DEFAULTS = dict(annealed_share=0.0, min_lr_ratio=0.1, l2=0.1, step_size=20.0, noise_scale=0.005,
                       grad_clip=0.01, reinit_from_data=0.5, reinit_noise=0.1, reinit_any=True, eval_anneal=1.0,
                       log_interval=50, ema=0.99)
-DATASET_DEFAULTS = {
-    "shapes": dict(IMAGE_DEFAULTS, n_data=20_000, max_iters=4000, batch_size=64, lr=1e-3, steps=10,
-                   buffer_size=5000, snapshots=True),
-    # the paper's scale, for a GPU: batch 128 per process (with torchrun the global batch is
-    # 128 x processes); 40 Langevin steps as in the released code; not tuned here
-    "celeba": dict(IMAGE_DEFAULTS, img_size=64, max_iters=20_000, batch_size=128, lr=2e-4, steps=40,
-                   ckpt_interval=500),
-}
+DATASET_DEFAULTS = {"shapes": dict(IMAGE_DEFAULTS, n_data=20_000, max_iters=4000, batch_size=64, lr=1e-3, steps=10,
+                                   buffer_size=5000, snapshots=True),
+                    # the paper's scale, for a GPU (the batch is per torchrun process); 40 steps as released; not tuned
+                    "celeba": dict(IMAGE_DEFAULTS, img_size=64, max_iters=20_000, batch_size=128, lr=2e-4, steps=40,
+                                   ckpt_interval=500)}
 
 
 def value_of(key, kind):
@@ -111,10 +107,9 @@ def value_of(key, kind):
 
 
 def parse_config(argv):
-    """Config from `--key value` / `--key=value` pairs over the dataset's defaults: one
-    command-line setting per field of Config; unknown keys and bad values are errors."""
-    p = argparse.ArgumentParser(description="Train concept EBMs (see train.py's docstring).",
-                                allow_abbrev=False, exit_on_error=False)
+    """Config from `--key value` / `--key=value` pairs over the dataset's defaults; errors name the setting."""
+    p = argparse.ArgumentParser(description="Train concept EBMs (see train.py's docstring).", allow_abbrev=False,
+                                exit_on_error=False)
     for f in dataclasses.fields(Config):
         kind = type(f.default)  # a bare --flag sets a boolean
         p.add_argument(f"--{f.name}", type=value_of(f.name, kind),
@@ -130,32 +125,27 @@ def parse_config(argv):
         raise ValueError(f"unknown setting {rest[0].split('=')[0]}; known settings: {known}")
     given = {k: v for k, v in vars(args).items() if v is not None}
     cfg = Config(**{**DATASET_DEFAULTS.get(given.get("dataset", Config.dataset), {}), **given})
-    for key in ("max_iters", "batch_size", "steps", "buffer_size", "n_data", "log_interval", "ckpt_interval",
-                "sample_interval"):
-        if getattr(cfg, key) < 1:
-            raise ValueError(f"--{key} must be at least 1, got {getattr(cfg, key)}")
     cfg.preset = cfg.preset or (f"celeba{cfg.img_size}" if cfg.dataset == "celeba" else "shapes32")
-    if cfg.preset not in IMAGE_PRESETS:
-        raise ValueError(f"unknown --preset {cfg.preset!r}; known presets: {', '.join(IMAGE_PRESETS)}")
-    if cfg.pool not in ("", "sum", "mean", "dense"):
-        raise ValueError(f"unknown --pool {cfg.pool!r}; known: sum, mean, dense")
-    if cfg.lr_horizon < 0:
-        raise ValueError(f"--lr_horizon must be 0 (the run's --max_iters) or more, got {cfg.lr_horizon}")
-    if not 0 <= cfg.annealed_share <= 1:
-        raise ValueError(f"--annealed_share must be in [0, 1], got {cfg.annealed_share}")
-    if cfg.device not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"--device must be auto, cpu or cuda, got {cfg.device!r}")
     cfg.out_dir = cfg.out_dir or f"out-{cfg.dataset}"
+    counts = ("max_iters", "batch_size", "steps", "buffer_size", "n_data", "log_interval", "ckpt_interval",
+              "sample_interval")
+    problems = [(getattr(cfg, key) < 1, f"--{key} must be at least 1, got {getattr(cfg, key)}") for key in counts] + [
+        (cfg.preset not in IMAGE_PRESETS,
+         f"unknown --preset {cfg.preset!r}; known presets: {', '.join(IMAGE_PRESETS)}"),
+        (cfg.pool not in ("", "sum", "mean", "dense"), f"unknown --pool {cfg.pool!r}; known: sum, mean, dense"),
+        (cfg.lr_horizon < 0, f"--lr_horizon must be 0 (the run's --max_iters) or more, got {cfg.lr_horizon}"),
+        (not 0 <= cfg.annealed_share <= 1, f"--annealed_share must be in [0, 1], got {cfg.annealed_share}"),
+        (cfg.device not in ("auto", "cpu", "cuda"), f"--device must be auto, cpu or cuda, got {cfg.device!r}")]
+    for bad, message in problems:  # the first problem is the one reported
+        if bad:
+            raise ValueError(message)
     return cfg
 
 
 def restart_points(cfg, ds, idx, device):
-    """Where restarted chains start (B, ...): uniform noise in the data box (the paper's), or for a
-    share reinit_from_data a perturbed data point: the chain's own (idx) or, with reinit_any, one of
-    ANY concept value, which the chain must then turn into its own. Why near the data: a chain stays
-    in the mode it first falls into, so the buffer holds each mode in proportion to the restarts that
-    reach it: from noise, to its basin; near the data, to its data (the l2 term then pulls every mode
-    to the same depth)."""
+    """Where restarted chains start (B, ...): uniform noise in the data box (the paper's) or, for a share
+    reinit_from_data, a perturbed data point: the chain's own (idx) or, with reinit_any, any. Why near the
+    data: a chain stays in the mode it first falls into, so the buffer then holds the modes as the data does."""
     x_own = ds.batch(idx, device)  # (B, ...)
     x_noise = uniform_in_box(x_own.shape, ds.data_range, device)
     near = torch.rand(len(idx), device=device) < cfg.reinit_from_data  # (B,)
@@ -165,19 +155,11 @@ def restart_points(cfg, ds, idx, device):
 
 
 def draw_negatives(cfg, ds, buffer, energy, idx, by_value, annealed, device):
-    """Step 2: the chains x- (B, ...) and the data points (B,) whose labels they carry (V B of each
-    when annealed). From the buffer (the paper's; the first 1 - annealed_share of the run's
-    schedule): persistent chains (restart_points), advanced by `steps` Langevin steps and written
-    back. A persistent chain rarely leaves its mode, so the buffer's share of each mode is set by
-    where chains restarted, not by the model: contrastive divergence cannot see a mode that is too
-    deep or too shallow, and the depths drift. Annealed (the rest): for each of the V values, B fresh
-    chains from uniform noise (fewer leave each mode's share too noisy), annealed from eval_anneal to
-    temperature 1 with importance resampling (sampler.run_chains): they split between the modes by
-    the model's own masses, so a mode that holds too much is pushed up. All chains of a value carry
-    the labels of one data point of it (by_value: the data indices of each value), because
-    resampling needs one target per group of chains."""
-    # spectral norm's W / sigma is computed once per chain; Langevin runs on the unwrapped network
-    # (its forwards must not trigger DDP's gradient sync)
+    """Step 2: the chains x- (B, ...) and the data points (B,) whose labels they carry. Early: persistent chains
+    from the buffer, `steps` more steps each; they keep their mode, so the restarts, not the model, set each mode's
+    share. Late (annealed): for each of the V values (by_value: its data indices), B fresh chains from noise,
+    annealed and resampled (sampler.run_chains): they split between the modes by the model's own masses."""
+    # spectral norm's W / sigma once per chain; `energy` is the unwrapped network (no DDP gradient sync)
     with torch.nn.utils.parametrize.cached():
         if not annealed:
             x_neg, i_neg, slots, _ = buffer.sample(restart_points(cfg, ds, idx, device), idx)  # (B, ...), (B,)
@@ -185,7 +167,7 @@ def draw_negatives(cfg, ds, buffer, energy, idx, by_value, annealed, device):
                              clamp=ds.data_range, grad_clip=cfg.grad_clip)
             buffer.update(slots, x_neg, i_neg)
             return x_neg, i_neg
-        n = len(idx)  # chains per value; all values run in one batch
+        n = len(idx)  # chains per value, all in one batch; a value's chains share one target, for resampling
         i_neg = torch.cat([m[torch.randint(len(m), (1,), device=device)].expand(n) for m in by_value])  # (V n,)
         start = uniform_in_box((len(i_neg), *ds.x.shape[1:]), ds.data_range, device)  # (V n, ...)
         x_neg = run_chains(lambda x: energy(x, i_neg), start, cfg.steps, cfg.step_size, cfg.noise_scale,
@@ -195,16 +177,15 @@ def draw_negatives(cfg, ds, buffer, energy, idx, by_value, annealed, device):
 
 
 def learning_rate(cfg, step, horizon, scale=1.0):
-    """Cosine decay from lr to lr * min_lr_ratio over `horizon` iterations, then flat: the last
-    steps average out the gradient noise. A resumed run keeps the horizon it started with, so
-    raising --max_iters does not restart the decay. `scale` halves at each rollback."""
+    """Cosine decay from lr to lr * min_lr_ratio over `horizon` iterations, then flat to average out the
+    gradient noise (a resumed run keeps its horizon). `scale` halves at each rollback."""
     decay = 0.5 * (1 + math.cos(math.pi * min(step / horizon, 1.0)))  # 1 -> 0
     return scale * cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * decay)
 
 
 def typical_data_energy(net, ds, c_data, family, device):
-    """The mean energy of each value on (up to 1024 of) its data; a continuous family has one,
-    over all its data. compose.py's negation measures 'unlike b' against it."""
+    """The mean energy of each value on (up to 1024 of) its data (continuous: one, over all the data), against
+    which compose.py's negation measures 'unlike b'."""
     with torch.no_grad():
         groups = [torch.arange(min(1024, len(ds)))] if family in ds.ranges else \
             [torch.nonzero(c_data == v).squeeze(1)[:1024] for v in range(len(ds.concepts[family]))]
@@ -219,9 +200,8 @@ def check_same_data(ckpt, cfg, ds, what):
 
 
 def load_run(path, device, raw, ema, opt, buffer, cfg, ds, log, resumed=False):
-    """Put a saved run back into raw, ema, opt and buffer; return its bookkeeping dict.
-    A light snapshot (weights only) resumes too, with fresh chains and a fresh optimizer.
-    The checkpoint may come from another device: everything is mapped onto this one."""
+    """Put a saved run, from any device, back into raw, ema, opt and buffer; return its bookkeeping.
+    A light snapshot (weights only) resumes too, with fresh chains and a fresh optimizer."""
     _, ckpt = load_checkpoint(path, device)
     check_same_data(ckpt, cfg, ds, f"cannot resume {path}")
     raw.load_state_dict(ckpt["model"])
@@ -244,8 +224,7 @@ def load_run(path, device, raw, ema, opt, buffer, cfg, ds, log, resumed=False):
     run = {"step": ckpt["step"], "elapsed": ckpt["elapsed"], "family": ckpt["family"],
            "horizon": cfg.lr_horizon or ckpt.get("lr_horizon", ckpt["config"]["max_iters"]),
            "lr_scale": ckpt.get("lr_scale", 1.0), "rollbacks": ckpt.get("rollbacks", 0),
-           # a trained model tells fresh noise from its data at once: the divergence guard waits
-           # until each chain has been drawn about five times
+           # a trained model tells fresh noise from data at once: the guard waits ~5 draws of each chain
            "guard_from": ckpt["step"] + (5 * cfg.buffer_size // cfg.batch_size if fresh else 0)}
     if resumed:
         log(f"[{run['family']}] resumed from {path} at step {run['step']}" + (
@@ -260,16 +239,16 @@ def run_config(cfg, ds):
 
 
 def save_run(path, cfg, ds, family, run, raw, ema, opt, buffer, c_data):
-    """Write the run atomically; with --snapshots also its weights alone, in <out_dir>/snapshots/, to
-    measure quality against training time (`python bench.py --curve DIR`) and to resume from."""
+    """Write the run atomically; with --snapshots also its weights alone in <out_dir>/snapshots/ (for
+    `python bench.py --curve DIR`: quality against training time; they resume too)."""
     data_energy = typical_data_energy((ema if ema is not None else raw).eval(), ds, c_data, family, c_data.device)
     raw.train()
     ckpt = {"model": raw.state_dict(), **({"ema": ema.state_dict()} if ema is not None else {}),
             "model_args": model_args(raw), "family": family, "values": list(ds.concepts[family]),
             "encoding": "numbers" if family in ds.ranges else "index", "range": list(ds.ranges.get(family, ())),
-            "data_energy": data_energy, "step": run["step"], "elapsed": run["elapsed"], "chains": "data_index",
-            "lr_horizon": run["horizon"], "lr_scale": run["lr_scale"], "rollbacks": run["rollbacks"],
-            "config": run_config(cfg, ds)}
+            "data_energy": data_energy, "step": run["step"], "elapsed": time.time() - run["started"],
+            "chains": "data_index", "lr_horizon": run["horizon"], "lr_scale": run["lr_scale"],
+            "rollbacks": run["rollbacks"], "config": run_config(cfg, ds)}
     heavy = {"optimizer": opt.state_dict(), "buffer": buffer.state_dict(), "rng": torch.get_rng_state(),
              **({"cuda_rng": torch.cuda.get_rng_state()} if torch.cuda.is_available() else {})}
     save_checkpoint({**ckpt, **heavy}, path)
@@ -292,16 +271,14 @@ def check_replicas(raw, family, log):
 
 
 def build_run(cfg, ds, family, device):
-    """What a run trains: the network, the moving average of its weights (or None), Adam,
-    and the replay buffer, whose chains each remember the data point they took their
-    concepts from (so a chain has a label in every family, for --frozen)."""
+    """What a run trains: the network, the moving average of its weights (or None), Adam, and the replay
+    buffer, whose chains each keep the data point they took their labels from (a label in every family)."""
     if device.type == "cuda" and ds.x.nbytes < 2**30:  # small data on the GPU once; CelebA's memory map stays
         ds.x = ds.x.to(device)
     raw = build_concept_model(cfg, ds, family).to(device)
     if ds.x.dim() == 4:  # faster convolutions on CPUs, and under bf16 on GPUs (model.ImageEnergy)
         raw = raw.to(memory_format=torch.channels_last)
-    # The weights of a CD-trained EBM oscillate: chains and model chase each other. Their
-    # running average is a steadier energy for sampling from noise afterwards (as in ICD).
+    # CD's weights oscillate (chains and model chase each other): their average samples better afterwards (ICD)
     ema = copy.deepcopy(raw).requires_grad_(False) if cfg.ema else None
     # Adam with beta1 = 0, as in the paper; on a GPU fused: one kernel for every parameter, not a dozen per tensor
     opt = torch.optim.Adam(raw.parameters(), lr=cfg.lr, betas=(0.0, 0.999), fused=device.type == "cuda")
@@ -310,10 +287,8 @@ def build_run(cfg, ds, family, device):
 
 
 def load_frozen(cfg, ds, family, device):
-    """The --frozen models (continual learning, paper 3.3) as one energy: (x (B, ...), data
-    indices i (B,)) -> the sum of each model's energy under its own family's label of data
-    point i (B,); 0 without --frozen. They must come from this dataset and image size, and
-    model another family. The new model then learns only what the frozen ones do not say."""
+    """The --frozen models (continual learning, paper 3.3) as one energy of (x (B, ...), data indices (B,)):
+    the sum of their energies, each under its family's labels (0 without --frozen)."""
     frozen = []  # [(model, its family's labels (N, ...))]
     for path in filter(None, cfg.frozen.split(",")):
         net, ckpt = load_checkpoint(path, device)
@@ -325,8 +300,7 @@ def load_frozen(cfg, ds, family, device):
 
 
 def read_stats(stats, seen, world):
-    """The mean loss, E+ and E- since the last look, from their sums on the device (B,) (and,
-    under DDP, over every rank, so that all ranks take the same decisions)."""
+    """The mean loss, E+ and E- since the last look, from their sums (under DDP over all ranks: all decide alike)."""
     if world > 1:
         dist.all_reduce(stats)
     means = (stats / (seen * world)).tolist()  # the one host synchronisation, at log and checkpoint steps
@@ -337,26 +311,40 @@ def read_stats(stats, seen, world):
 ROLLBACKS = 3  # a run that diverges more often than this stops, keeping its last good checkpoint
 
 
-def roll_back(path, run, unsaved, state, cfg, ds, device, log, why):
-    """Back to the last checkpoint (written before the divergence) at half the learning rate;
-    the lost stretch still counts as time spent. Returns the run's new bookkeeping, or None
-    after ROLLBACKS rollbacks: the run stops."""
-    if run["rollbacks"] == ROLLBACKS:
-        log(f"[{run['family']}] diverged again at step {run['step']} after {ROLLBACKS} rollbacks: stopping; "
-            f"{path} holds the last good weights")
-        return None
-    scale, rollbacks = run["lr_scale"] / 2, run["rollbacks"] + 1
-    new = {**load_run(path, device, *state, cfg, ds, log), "elapsed": run["elapsed"] + unsaved,
-           "lr_scale": scale, "rollbacks": rollbacks}
-    log(f"[{new['family']}] {why}; rolled back to step {new['step']}, learning rate x{scale:g} "
-        f"(rollback {rollbacks} of {ROLLBACKS})", flush=True)
-    return new
-
-
-def save_chains_grid(x, c, path):
-    """The chains just advanced (up to 64), grouped by concept value (continuous: by first number)."""
-    c = c[:64] if c.dim() == 1 else c[:64, 0]
-    save_image_grid(x[:64][c.argsort()], path)
+def take_stock(cfg, ds, path, run, state, c_data, means, chains, log, iters_after):
+    """At a log or checkpoint step, with the mean loss, E+ and E- (means): stop on a non-finite loss; on
+    divergence go back to the last checkpoint at half the learning rate (returns the new run, or None after
+    ROLLBACKS rollbacks: stop); else log, draw the chains (images) and save (returns run)."""
+    family, step, (loss, e_pos, e_neg) = run["family"], run["step"], means
+    last, rank = step == cfg.max_iters, dist.get_rank() if dist.is_initialized() else 0
+    if not math.isfinite(loss):
+        raise RuntimeError(f"[{family}] loss is {loss} at step {step}: training diverged; "
+                           f"try a smaller --lr or a larger --l2 (last checkpoint: {path})")
+    # the data's energy running away below the samples': the model no longer samples its data
+    if cfg.diverge_gap > 0 and e_pos - e_neg < -cfg.diverge_gap and step > run["guard_from"] and os.path.exists(path):
+        if run["rollbacks"] == ROLLBACKS:
+            log(f"[{family}] diverged again at step {step} after {ROLLBACKS} rollbacks: stopping; "
+                f"{path} holds the last good weights")
+            return None
+        new = load_run(path, c_data.device, *state, cfg, ds, log)
+        # the lost stretch still counts as time spent; the speed is measured afresh
+        new.update(lr_scale=run["lr_scale"] / 2, rollbacks=run["rollbacks"] + 1, started=run["started"],
+                   since=(time.time(), new["step"]))
+        log(f"[{family}] E+ - E- = {e_pos - e_neg:+.3f} at step {step}: diverging; rolled back to step {new['step']}, "
+            f"learning rate x{new['lr_scale']:g} (rollback {new['rollbacks']} of {ROLLBACKS})", flush=True)
+        return new
+    if step % cfg.log_interval == 0 or last:
+        rate = (step - run["since"][1]) / (time.time() - run["since"][0])  # iterations per second, for the ETA
+        minutes_left = (cfg.max_iters - step + iters_after) / rate / 60
+        log(f"[{family}] iter {step:>5}/{cfg.max_iters} | loss {loss:+.4f} | E+ {e_pos:+.3f} | "
+            f"E- {e_neg:+.3f} | {rate:.1f} it/s | left {minutes_left:.1f} min", flush=True)
+    if rank == 0 and ds.x.dim() == 4 and (step % cfg.sample_interval == 0 or last):
+        x_neg, c_neg = chains[0][:64], chains[1][:64]  # grouped by value (continuous: by the first number)
+        save_image_grid(x_neg[(c_neg if c_neg.dim() == 1 else c_neg[:, 0]).argsort()],
+                        os.path.join(cfg.out_dir, f"{family}_samples.png"))
+    if rank == 0 and (step % cfg.ckpt_interval == 0 or last):
+        save_run(path, cfg, ds, family, run, *state, c_data)
+    return run
 
 
 def train_concept(cfg, ds, family, device, iters_after=0):
@@ -372,7 +360,7 @@ def train_concept(cfg, ds, family, device, iters_after=0):
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     log = print if rank == 0 else (lambda *a, **k: None)
     c_data = ds.labels[family].to(device)  # (N,) or (N, d)
-    raw, ema, opt, buffer = build_run(cfg, ds, family, device)
+    raw, ema, opt, buffer = state = build_run(cfg, ds, family, device)
     frozen_energy = load_frozen(cfg, ds, family, device)  # (x (B, ...), data indices (B,)) -> (B,); 0 without it
     if cfg.annealed_share > 0 and family in ds.ranges:
         raise ValueError(f"--annealed_share needs a discrete family; {family} is continuous")
@@ -381,7 +369,7 @@ def train_concept(cfg, ds, family, device, iters_after=0):
     run = {"step": 0, "elapsed": 0.0, "family": family, "horizon": cfg.lr_horizon or cfg.max_iters, "lr_scale": 1.0,
            "rollbacks": 0, "guard_from": 0}
     if cfg.resume and os.path.exists(path):
-        run = load_run(path, device, raw, ema, opt, buffer, cfg, ds, log, resumed=True)
+        run = load_run(path, device, *state, cfg, ds, log, resumed=True)
     if run["step"] >= cfg.max_iters:
         return log(f"[{family}] already trained ({run['step']} iterations)")
     # DDP averages gradients over processes in backward; wrapping gives every copy rank 0's weights
@@ -393,7 +381,7 @@ def train_concept(cfg, ds, family, device, iters_after=0):
         f"batch {cfg.batch_size} x {world} process(es), {cfg.steps} Langevin steps, "
         f"iterations {run['step']} -> {cfg.max_iters}", flush=True)
     stats, seen = torch.zeros(3, device=device), 0  # loss, E+, E- summed on the device since the last look
-    t0, step0, t_save = time.time(), run["step"], time.time()  # speed, ETA; run["elapsed"] counts up to t_save
+    run.update(started=time.time() - run["elapsed"], since=(time.time(), run["step"]))  # clocks: time spent, speed
     while run["step"] < cfg.max_iters:
         idx = torch.randint(len(ds), (cfg.batch_size,), device=device)
         x_pos = ds.batch(idx, device)  # 1. (B, ...)
@@ -413,32 +401,12 @@ def train_concept(cfg, ds, family, device, iters_after=0):
         update_ema()
         stats += torch.stack([loss, e_pos.mean(), e_neg.mean()]).detach()
         run["step"], seen = run["step"] + 1, seen + 1
-        step, last = run["step"], run["step"] == cfg.max_iters
-        if not (step % cfg.log_interval == 0 or step % cfg.ckpt_interval == 0 or last):
+        if run["step"] % cfg.log_interval and run["step"] % cfg.ckpt_interval and run["step"] < cfg.max_iters:
             continue  # no look at the numbers: the loop never waits on the GPU in between
-        (loss_m, e_pos_m, e_neg_m), seen = read_stats(stats, seen, world), 0
-        if not math.isfinite(loss_m):
-            raise RuntimeError(f"[{family}] loss is {loss_m} at step {step}: training diverged; "
-                               f"try a smaller --lr or a larger --l2 (last checkpoint: {path})")
-        if cfg.diverge_gap > 0 and e_pos_m - e_neg_m < -cfg.diverge_gap and step > run["guard_from"] \
-                and os.path.exists(path):
-            # the data's energy runs away below the samples': the model no longer samples its data
-            run = roll_back(path, run, time.time() - t_save, (raw, ema, opt, buffer), cfg, ds, device, log,
-                            f"E+ - E- = {e_pos_m - e_neg_m:+.3f} at step {step}: diverging")
-            if run is None:  # it diverged once too often
-                break
-            t0, step0, t_save = time.time(), run["step"], time.time()
-            continue
-        if step % cfg.log_interval == 0 or last:
-            rate = (step - step0) / (time.time() - t0)  # iterations per second, for the ETA
-            minutes_left = (cfg.max_iters - step + iters_after) / rate / 60
-            log(f"[{family}] iter {step:>5}/{cfg.max_iters} | loss {loss_m:+.4f} | E+ {e_pos_m:+.3f} | "
-                f"E- {e_neg_m:+.3f} | {rate:.1f} it/s | left {minutes_left:.1f} min", flush=True)
-        if rank == 0 and ds.x.dim() == 4 and (step % cfg.sample_interval == 0 or last):
-            save_chains_grid(x_neg, c_data[i_neg], os.path.join(cfg.out_dir, f"{family}_samples.png"))
-        if rank == 0 and (step % cfg.ckpt_interval == 0 or last):
-            run["elapsed"], t_save = run["elapsed"] + time.time() - t_save, time.time()
-            save_run(path, cfg, ds, family, run, raw, ema, opt, buffer, c_data)
+        means, seen = read_stats(stats, seen, world), 0
+        run = take_stock(cfg, ds, path, run, state, c_data, means, (x_neg, c_data[i_neg]), log, iters_after)
+        if run is None:  # it diverged once too often
+            break
     check_replicas(raw, family, log)
     log(f"[{family}] wrote {path}")
 
@@ -464,11 +432,8 @@ def dataset_for(cfg):
 
 
 def setup_device(cfg):
-    """The device, and the process group when launched by torchrun (which sets RANK).
-    `torchrun --standalone --nproc_per_node=N train.py ...` starts N copies of this script: on GPUs
-    each takes GPU LOCAL_RANK and talks over NCCL, on CPUs over gloo. Each draws its own batch (the
-    global batch is batch_size x N) and runs its own replay buffer from its own seed; DDP averages
-    the gradients, so the learning rate applies to the global batch as it is."""
+    """The device, and the process group under `torchrun --standalone --nproc_per_node=N train.py ...`: each
+    process takes GPU LOCAL_RANK (NCCL; CPUs: gloo), its own batches (batch_size x N in all) and replay buffer."""
     cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
     if cuda and not torch.cuda.is_available():
         raise ValueError("--device cuda was asked for, but no CUDA GPU is visible")
@@ -481,8 +446,7 @@ def setup_device(cfg):
     device = torch.device(f"cuda:{local_rank}" if cuda else "cpu")
     if cuda:
         torch.cuda.set_device(device)
-    # a long timeout: the other ranks wait while rank 0 decodes CelebA once (main). NCCL is told
-    # its GPU, rather than guess it from the rank
+    # long: the other ranks wait while rank 0 decodes CelebA (main); NCCL is told its GPU, not left to guess
     dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(hours=2),
                             **({"device_id": device} if cuda else {}))
     return device
@@ -515,16 +479,14 @@ def main(argv):
         raise ValueError(f"choose the attribute to train with --concept; CelebA's 40: {', '.join(ds.concepts)}")
     os.makedirs(cfg.out_dir, exist_ok=True)
     t0 = time.time()
-    small = ds.x.dim() == 2  # 2D points: tiny models, one process each (below); images use every core
+    # 2D points: tiny MLPs bound by Python and kernel launches, not arithmetic: on a GPU no faster, and on a
+    # CPU ~2x faster as one single-threaded process per family; images use every core
+    small = ds.x.dim() == 2
     if small and cfg.device == "auto" and device.type == "cuda" and not dist.is_initialized():
-        # three MLPs of 0.03M parameters: launch-bound on a GPU, faster side by side on CPU cores,
-        # and the same run (and quality) on every machine
-        device = torch.device("cpu")
+        device = torch.device("cpu")  # and the same run (and quality) on every machine
         print("2D models train on the CPU, one process per family: faster than a GPU for networks this small")
     workers = cfg.workers or (min(len(families), 8) if device.type == "cpu" and small else 1)
     if workers > 1 and not dist.is_initialized():
-        # Small models on a CPU are bound by Python and kernel launches, not arithmetic:
-        # one single-threaded process per family trains them side by side ~2x faster.
         with torch.multiprocessing.get_context("spawn").Pool(workers) as pool:
             pool.starmap(train_worker, [(cfg, fam, device, max(1, (os.cpu_count() or 1) // workers))
                                         for fam in families])
