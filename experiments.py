@@ -9,20 +9,18 @@
     python experiments.py partition [--ckpt_dir out-toy2d]   # A.6: partition functions and disjunctions
     python experiments.py samplers [--ckpt_dir out-toy2d]    # ULA, MALA and HMC at equal cost
 
-What they measure lives in compose.py, infer.py and bench.py; this file sets up each experiment's
-data, runs it and prints its table (figures: assets/; every result: EXPERIMENTS.md).
+What they measure lives in compose.py, infer.py and bench.py. Figures go to assets/; results: EXPERIMENTS.md.
 """
 import argparse
 import os
 import re
 import statistics
-import sys
 import time
+from collections import OrderedDict
 
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from bench import bench_shapes, exact_toy2d_concepts, exact_toy2d_settings
 from compose import (TOY2D_SUITE, Concept, balance, image_grid, load_concepts, log_partition, parse, pyplot,
@@ -52,28 +50,22 @@ def save_figure(fig, path, dpi=100):
 # cross-product generalisation (paper 3.4): a position EBM trained on large red spheres
 # (--corner 0) and a size EBM per fraction f (--corner f: every size only in a top-right
 # corner holding f of the positions), composed, against one holistic generator per f
-
 CROSS_TEST_CORNER = 0.1  # the test places lie outside this corner: unseen with sizes < 0.6 for every f < 1
 
 
-class Generator(nn.Module):
+class Generator(nn.Sequential):
     """G(c) -> image, the holistic baseline (not an EBM): every concept in one network, trained by MSE to the
     data. The paper's architecture, with 0.13M parameters against the shapes32 EBM's 0.15M."""
 
     def __init__(self, image_size=32, cond_dim=3, channels=(128, 64, 16)):  # c: every concept number, (x, y, size)
-        super().__init__()
+        ch, s = list(channels), image_size >> len(channels)  # a 2x-upsampling block per entry, from an s x s map
+        super().__init__(OrderedDict(
+            dense=nn.Linear(cond_dim, ch[0] * s * s), silu=nn.SiLU(), map=nn.Unflatten(1, (ch[0], s, s)),
+            blocks=nn.Sequential(*[nn.Sequential(nn.Upsample(scale_factor=2), nn.Conv2d(a, b, 3, padding=1),
+                                                 nn.SiLU(), nn.Conv2d(b, b, 3, padding=1), nn.SiLU())
+                                   for a, b in zip(ch, ch[1:] + ch[-1:])]),
+            rgb=nn.Conv2d(ch[-1], 3, 3, padding=1), sigmoid=nn.Sigmoid()))  # (B, 3, image_size, image_size) in [0, 1]
         self.args = {"image_size": image_size, "cond_dim": cond_dim, "channels": tuple(channels)}  # for checkpoints
-        ch, self.start = list(channels), image_size >> len(channels)
-        self.dense = nn.Linear(cond_dim, ch[0] * self.start ** 2)
-        self.blocks = nn.Sequential(*[nn.Sequential(nn.Upsample(scale_factor=2), nn.Conv2d(a, b, 3, padding=1),
-                                                    nn.SiLU(), nn.Conv2d(b, b, 3, padding=1), nn.SiLU())
-                                      for a, b in zip(ch, ch[1:] + ch[-1:])])
-        self.rgb = nn.Conv2d(ch[-1], 3, 3, padding=1)
-
-    def forward(self, c):
-        # c: (B, cond_dim) -> (B, 3, image_size, image_size) in [0, 1]
-        h = F.silu(self.dense(c)).view(len(c), -1, self.start, self.start)  # (B, C0, s, s)
-        return torch.sigmoid(self.rgb(self.blocks(h)))  # each block doubles the side
 
 
 def load_holistic(path):
@@ -97,7 +89,7 @@ def train_holistic(ds, path, iters=600, batch=64, lr=2e-3, seed=0):
     t0 = time.time()
     for it in range(1, iters + 1):
         idx = torch.randint(len(ds), (batch,))
-        loss = F.mse_loss(gen(c[idx]), ds.batch(idx))
+        loss = nn.functional.mse_loss(gen(c[idx]), ds.batch(idx))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -121,9 +113,8 @@ def crossproduct_test(n=128, seed=701):
 
 
 def crossproduct_study(out_dir, n=128, figure="assets/crossproduct.png"):
-    """Size and position error (read by the judge) of generations at unseen combinations: out_dir/position.pt
-    composed with the size.pt of each f<fraction>/ (trained alone) and f<fraction>-through/ (trained through the
-    frozen position EBM), against the generator out_dir/holistic/f<fraction>.pt (trained where missing)."""
+    """The judge's size and position error at unseen combinations: out_dir/position.pt composed with each
+    f<fraction>[-through]/size.pt (-through: learned through position), and out_dir/holistic/f<fraction>.pt."""
     judge, _ = load_judge()
     pos, size = crossproduct_test(n)
     position, _ = load_checkpoint(os.path.join(out_dir, "position.pt"))
@@ -145,7 +136,7 @@ def crossproduct_study(out_dir, n=128, figure="assets/crossproduct.png"):
             path = os.path.join(out_dir, "holistic", f"{d}.pt")
             if os.path.exists(path):
                 gen, _ = load_holistic(path)
-            else:  # trained on the size model's own training data
+            else:  # missing: trained on the size model's own training data
                 run = Config(**{k: v for k, v in ckpt["config"].items() if k in Config.__dataclass_fields__})
                 gen = train_holistic(dataset_for(run), path).eval()
             with torch.no_grad():
@@ -184,8 +175,7 @@ def crossproduct_study(out_dir, n=128, figure="assets/crossproduct.png"):
 
 # ----------------------------------------------------------------------------
 # the inference experiments (paper Table 1, Figures 9a and 10)
-
-REGRESSOR_PATH = "checkpoints/supervised/regressor.pt"  # the supervised position baseline of Table 1
+REGRESSOR_PATH = "checkpoints/supervised/regressor.pt"  # Table 1: the judge's net by MSE on position, on the EBM's data
 OOD_SETS = {"Color": "colors", "Light": "light", "Size": "sizes", "Type": "shape"}  # column -> data.make_shapes heldout
 TWO_OBJECTS_APART = 1.0  # objects of size 0.3-0.4 reach 0.4-0.5 from their centres: 1.0 apart, they do not touch
 
@@ -194,18 +184,11 @@ def position_error(found, truth):  # positions (N, 2): the mean absolute error o
     return (found - truth).abs().mean().item()
 
 
-def load_position_model(path):
-    net, ckpt = load_checkpoint(path)
-    if ckpt["family"] != "position":
-        raise ValueError(f"{path} is a model of {ckpt['family']!r}; the inference experiments need position models")
-    return net, ckpt
-
-
 def ood_table(models, regressor_path=REGRESSOR_PATH, n=256, seed=301):
     """Position error of each EBM (argmin of E(x | position)) and of the supervised regressor on renders
     that change one factor never seen in training (colors, light over a sky and ground, sizes, a cone)."""
     regressor, _ = load_judge(regressor_path)
-    ebms = [load_position_model(p) for p in models]
+    ebms = [load_checkpoint(p) for p in models]
     names = [f"EBM, {ck['config']['steps']} steps" for _, ck in ebms] + ["regressor (MSE)"]
     rows = {}
     for column, heldout in [("Train", None)] + list(OOD_SETS.items()):
@@ -240,7 +223,7 @@ def render_views(n_scenes, n_views, seed, scene="ground", clutter=1):
 
 def views_table(model, n_scenes=64, max_views=8, seed=401, figure="assets/infer_views.png"):
     """Position error against the number of views combined (eq. 12), Figure 9a's analog."""
-    net, ckpt = load_position_model(model)
+    net, ckpt = load_checkpoint(model)
     x, truth = render_views(n_scenes, max_views, seed)
     values = candidate_values(ckpt, 21)
     e = energies_over(net, x.flatten(0, 1), values).view(n_scenes, max_views, -1)  # (S, K, V): once for every k
@@ -274,14 +257,13 @@ def two_object_images(n, seed, min_apart=TWO_OBJECTS_APART):
 def objects_table(model, n=128, seed=501, figure="assets/infer_two_objects.png"):
     """Figure 10's analog: the single-object position model's energy map over images of two objects;
     recovered where its two lowest local minima lie within POSITION_TOL of the two objects, one each."""
-    net, _ = load_position_model(model)
+    net, _ = load_checkpoint(model)
     x, pos = two_object_images(n, seed)
     found = []
     for i, (img, p) in enumerate(zip(x, pos.numpy())):
         e, _, minima = energy_map(net, img)
         m = np.array(minima[:2])  # (2, 2): the two lowest minima, if there are two
-        found.append(len(m) == 2 and any(np.hypot(*(m - p[list(order)]).T).max() <= POSITION_TOL
-                                         for order in ((0, 1), (1, 0))))
+        found.append(len(m) == 2 and any(np.hypot(*(m - q).T).max() <= POSITION_TOL for q in (p, p[::-1])))
         if i == 0:
             save_energy_map(img, e, minima, figure, f"two objects; lowest minima {np.round(m, 2).tolist()}")
     rate = float(np.mean(found))
@@ -292,9 +274,8 @@ def objects_table(model, n=128, seed=501, figure="assets/infer_two_objects.png")
 
 
 # ----------------------------------------------------------------------------
-# samplers and partition functions (paper appendix A.6) on toy2d
-
-# Disjunctions of toy2d whose terms have different partition functions (and one whose do not)
+# samplers and partition functions (paper appendix A.6) on toy2d; the disjunctions' terms have different
+# partition functions (but for one)
 TOY2D_DISJUNCTIONS = ["top | right", "inner | (bottom & left)", "outer | (top & right & inner)",
                       "(top & left) | bottom", "(top & ~right) | (bottom & right & outer)"]
 
@@ -407,10 +388,11 @@ def main(argv=None):
     for path in getattr(args, "models", []):
         if not os.path.exists(path):
             raise FileNotFoundError(f"position model {path} does not exist")
+        if (family := load_checkpoint(path)[1]["family"]) != "position":
+            raise ValueError(f"{path} is a model of {family!r}; the inference experiments need position models")
     run = {"continual": lambda: bench_shapes(args.ckpt_dir, steps=args.steps, suite=CONTINUAL_SUITE, target=0.8,
                                              figure="assets/shapes_continual.png"),
            "crossproduct": lambda: crossproduct_study(args.ckpt_dir),
-           # the judge's network trained by MSE on position alone, on the position EBM's training data
            "regressor": lambda: train_judge(REGRESSOR_PATH, heads=("position",), data=dict(n=20_000, seed=0)),
            "ood": lambda: ood_table(args.models), "views": lambda: views_table(args.models[0]),
            "objects": lambda: objects_table(args.models[0]),
@@ -422,4 +404,4 @@ if __name__ == "__main__":
     try:
         main()
     except (ValueError, FileNotFoundError) as e:
-        sys.exit(f"error: {e}")
+        raise SystemExit(f"error: {e}")
