@@ -103,8 +103,7 @@ def train_holistic(ds, path, iters=600, batch=64, lr=2e-3, seed=0):
 
 
 def crossproduct_test(n=128, seed=701):
-    """n unseen combinations: positions (n, 2) outside the CROSS_TEST_CORNER square, sizes
-    (n, 1) below LARGE_SIZES, which the data of every fraction f <= 0.1 only has in its corner."""
+    """n unseen combinations: positions (n, 2) outside the CROSS_TEST_CORNER square, sizes (n, 1) below LARGE_SIZES."""
     g = torch.Generator().manual_seed(seed)
     pos = 2 * torch.rand(4 * n, 2, generator=g) - 1  # (4n, 2), then keep n outside the corner
     pos = pos[(pos < 1 - corner_side(CROSS_TEST_CORNER)).any(1)][:n]
@@ -134,13 +133,11 @@ def crossproduct_study(out_dir, n=128, figure="assets/crossproduct.png"):
         rows.append((f"EBMs, {d}", f, sample(expr, n, sampling_settings(ckpt["config"]), seed=0)))
         if not d.endswith("-through"):  # (a -through folder has the data of f<fraction>/, whose baseline is in)
             path = os.path.join(out_dir, "holistic", f"{d}.pt")
-            if os.path.exists(path):
-                gen, _ = load_holistic(path)
-            else:  # missing: trained on the size model's own training data
+            if not os.path.exists(path):  # trained on the size model's own training data
                 run = Config(**{k: v for k, v in ckpt["config"].items() if k in Config.__dataclass_fields__})
-                gen = train_holistic(dataset_for(run), path).eval()
-            with torch.no_grad():
-                rows.append((f"holistic, {d}", f, gen(torch.cat([pos, size], 1))))
+                train_holistic(dataset_for(run), path)
+            gen, _ = load_holistic(path)
+            rows.append((f"holistic, {d}", f, gen(torch.cat([pos, size], 1))))
         print(f"{d} done in {time.time() - t0:.0f} s", flush=True)
     print(f"{'generator':<24} {'size error':>10} {'position error':>14}   ({n} unseen combinations)")
     results = []  # (name, f, size error, position error)
@@ -185,8 +182,7 @@ def position_error(found, truth):  # positions (N, 2): the mean absolute error o
 
 
 def ood_table(models, regressor_path=REGRESSOR_PATH, n=256, seed=301):
-    """Position error of each EBM (argmin of E(x | position)) and of the supervised regressor on renders
-    that change one factor never seen in training (colors, light over a sky and ground, sizes, a cone)."""
+    """Table 1: position error of the EBMs (argmin over positions) and the regressor on renders of unseen factors."""
     regressor, _ = load_judge(regressor_path)
     ebms = [load_checkpoint(p) for p in models]
     names = [f"EBM, {ck['config']['steps']} steps" for _, ck in ebms] + ["regressor (MSE)"]
@@ -198,8 +194,7 @@ def ood_table(models, regressor_path=REGRESSOR_PATH, n=256, seed=301):
         print(f"  {column}: " + "  ".join(f"{e:.3f}" for e in rows[column]), flush=True)
     avg = [float(np.mean([rows[c][i] for c in OOD_SETS])) for i in range(len(names))]
     print(f"\nmean absolute position error ({n} renders per set; positions in [-1, 1]; Train: like the training data)")
-    print(f"| model | {' | '.join(['Train', *OOD_SETS])} | OOD average |")
-    print("|---" * (len(OOD_SETS) + 3) + "|")
+    print(f"| model | {' | '.join(['Train', *OOD_SETS])} | OOD average |\n" + "|---" * (len(OOD_SETS) + 3) + "|")
     for i, name in enumerate(names):
         print(f"| {name} | " + " | ".join(f"{rows[c][i]:.3f}" for c in rows) + f" | {avg[i]:.3f} |")
     print(f"ebm_avg {avg[0]:.3f} regressor_avg {avg[-1]:.3f}")  # the last line: the first EBM's OOD average
@@ -255,8 +250,7 @@ def two_object_images(n, seed, min_apart=TWO_OBJECTS_APART):
 
 
 def objects_table(model, n=128, seed=501, figure="assets/infer_two_objects.png"):
-    """Figure 10's analog: the single-object position model's energy map over images of two objects;
-    recovered where its two lowest local minima lie within POSITION_TOL of the two objects, one each."""
+    """Figure 10's analog: do the two lowest minima of a one-object position model find both of two objects?"""
     net, _ = load_checkpoint(model)
     x, pos = two_object_images(n, seed)
     found = []
@@ -274,8 +268,8 @@ def objects_table(model, n=128, seed=501, figure="assets/infer_two_objects.png")
 
 
 # ----------------------------------------------------------------------------
-# samplers and partition functions (paper appendix A.6) on toy2d; the disjunctions' terms have different
-# partition functions (but for one)
+# samplers and partition functions (paper appendix A.6) on toy2d, with disjunctions whose terms have
+# different partition functions (and one whose terms do not)
 TOY2D_DISJUNCTIONS = ["top | right", "inner | (bottom & left)", "outer | (top & right & inner)",
                       "(top & left) | bottom", "(top & ~right) | (bottom & right & outer)"]
 
@@ -392,10 +386,9 @@ def main(argv=None):
             raise ValueError(f"{path} is a model of {family!r}; the inference experiments need position models")
     run = {"continual": lambda: bench_shapes(args.ckpt_dir, steps=args.steps, suite=CONTINUAL_SUITE, target=0.8,
                                              figure="assets/shapes_continual.png"),
-           "crossproduct": lambda: crossproduct_study(args.ckpt_dir),
+           "crossproduct": lambda: crossproduct_study(args.ckpt_dir), "ood": lambda: ood_table(args.models),
            "regressor": lambda: train_judge(REGRESSOR_PATH, heads=("position",), data=dict(n=20_000, seed=0)),
-           "ood": lambda: ood_table(args.models), "views": lambda: views_table(args.models[0]),
-           "objects": lambda: objects_table(args.models[0]),
+           "views": lambda: views_table(args.models[0]), "objects": lambda: objects_table(args.models[0]),
            "partition": lambda: partition_study(args.ckpt_dir), "samplers": lambda: sampler_study(args.ckpt_dir)}
     run[args.name]()
 
