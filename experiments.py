@@ -1,8 +1,7 @@
 """The paper's experiments, one command each: python experiments.py NAME [options].
 
     python experiments.py continual --ckpt_dir out-continual   # 3.3: shape, color and place never seen together
-    python experiments.py crossproduct --ckpt_dir out-cross    # 3.4: unseen (size, position) pairs: composed EBMs
-                                                               #      against a holistic generator (trained if missing)
+    python experiments.py crossproduct --ckpt_dir out-cross    # 3.4: unseen (size, position) pairs, EBMs vs holistic
     python experiments.py regressor       # Table 1's supervised baseline -> checkpoints/supervised/regressor.pt
     python experiments.py ood [--models A.pt B.pt]   # Table 1: position error on renders of unseen factors
     python experiments.py views [--models A.pt]      # Figure 9a: error against the number of views combined
@@ -10,22 +9,18 @@
     python experiments.py partition [--ckpt_dir out-toy2d]   # A.6: partition functions and disjunctions
     python experiments.py samplers [--ckpt_dir out-toy2d]    # ULA, MALA and HMC at equal cost
 
-What they measure lives in compose.py, infer.py and bench.py; this file sets up each experiment's
-data, runs it and prints its table (figures: assets/; every result: the README). The spellings these
-had in bench.py and infer.py now answer with where they went.
+What they measure lives in compose.py, infer.py and bench.py. Figures go to assets/; results: EXPERIMENTS.md.
 """
 import argparse
 import os
 import re
 import statistics
-import sys
 import time
-from dataclasses import asdict, dataclass
+from collections import OrderedDict
 
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from bench import bench_shapes, exact_toy2d_concepts, exact_toy2d_settings
 from compose import (TOY2D_SUITE, Concept, balance, image_grid, load_concepts, log_partition, parse, pyplot,
@@ -37,55 +32,40 @@ from infer import (POSITION_TOL, candidate_values, energies_over, energy_map, in
 from model import load_checkpoint, save_checkpoint
 from train import Config, dataset_for
 
-# ----------------------------------------------------------------------------
 # continual learning (paper 3.3): position learned on red cubes, then shape on red objects through it,
-# then color on cubes through both; only the first expression was seen whole in training.
-
+# then color on cubes through both; only the first expression was seen whole in training (bench.py's table)
 CONTINUAL_SUITE = ["cube & red & position=(0.5,0.5)", "sphere & blue & position=(-0.5,0.5)",
                    "cylinder & green & position=(0.5,-0.5)", "sphere & yellow & position=(-0.5,-0.5)"]
 
 
-def continual_study(ckpt_dir, steps=None):
-    """Sample and judge CONTINUAL_SUITE with the models of ckpt_dir (bench.py's table)."""
-    return bench_shapes(ckpt_dir, steps=steps, suite=CONTINUAL_SUITE, target=0.8, figure="assets/shapes_continual.png")
+def save_figure(fig, path, dpi=100):
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    pyplot().close(fig)
+    print(f"wrote {path}")
 
 
 # ----------------------------------------------------------------------------
 # cross-product generalisation (paper 3.4): a position EBM trained on large red spheres
 # (--corner 0) and a size EBM per fraction f (--corner f: every size only in a top-right
 # corner holding f of the positions), composed, against one holistic generator per f
-
 CROSS_TEST_CORNER = 0.1  # the test places lie outside this corner: unseen with sizes < 0.6 for every f < 1
 
 
-@dataclass
-class GeneratorConfig:
-    image_size: int = 32
-    cond_dim: int = 3  # every concept number at once, e.g. (x, y, size)
-    channels: tuple = (128, 64, 16)  # one 2x-upsampling block per entry, from an (image_size / 2^len)^2 map
+class Generator(nn.Sequential):
+    """G(c) -> image, the holistic baseline (not an EBM): every concept in one network, trained by MSE to the
+    data. The paper's architecture, with 0.13M parameters against the shapes32 EBM's 0.15M."""
 
-
-class Generator(nn.Module):
-    """G(c) -> image, the holistic baseline (not an EBM): every concept in one network, trained by MSE
-    to the data. As the paper's: a dense layer to a small map, blocks of (2x upsampling, conv, Swish,
-    conv, Swish), a conv to RGB and a sigmoid. 0.13M parameters against the shapes32 EBM's 0.15M."""
-
-    def __init__(self, cfg: GeneratorConfig):
-        super().__init__()
-        self.cfg = cfg
-        ch, self.start = list(cfg.channels), cfg.image_size >> len(cfg.channels)
-        self.dense = nn.Linear(cfg.cond_dim, ch[0] * self.start ** 2)
-        self.blocks = nn.ModuleList(nn.Sequential(nn.Upsample(scale_factor=2), nn.Conv2d(a, b, 3, padding=1), nn.SiLU(),
-                                                  nn.Conv2d(b, b, 3, padding=1), nn.SiLU())
-                                    for a, b in zip(ch, ch[1:] + ch[-1:]))
-        self.rgb = nn.Conv2d(ch[-1], 3, 3, padding=1)
-
-    def forward(self, c):
-        # c: (B, cond_dim) -> (B, 3, image_size, image_size) in [0, 1]
-        h = F.silu(self.dense(c)).view(len(c), -1, self.start, self.start)  # (B, C0, s, s)
-        for block in self.blocks:
-            h = block(h)  # (B, C_i, 2s, 2s) ...
-        return torch.sigmoid(self.rgb(h))
+    def __init__(self, image_size=32, cond_dim=3, channels=(128, 64, 16)):  # c: every concept number, (x, y, size)
+        ch, s = list(channels), image_size >> len(channels)  # a 2x-upsampling block per entry, from an s x s map
+        super().__init__(OrderedDict(
+            dense=nn.Linear(cond_dim, ch[0] * s * s), silu=nn.SiLU(), map=nn.Unflatten(1, (ch[0], s, s)),
+            blocks=nn.Sequential(*[nn.Sequential(nn.Upsample(scale_factor=2), nn.Conv2d(a, b, 3, padding=1),
+                                                 nn.SiLU(), nn.Conv2d(b, b, 3, padding=1), nn.SiLU())
+                                   for a, b in zip(ch, ch[1:] + ch[-1:])]),
+            rgb=nn.Conv2d(ch[-1], 3, 3, padding=1), sigmoid=nn.Sigmoid()))  # (B, 3, image_size, image_size) in [0, 1]
+        self.args = {"image_size": image_size, "cond_dim": cond_dim, "channels": tuple(channels)}  # for checkpoints
 
 
 def load_holistic(path):
@@ -94,7 +74,7 @@ def load_holistic(path):
     args = dict(ckpt["model_args"])
     if args.pop("kind") != "generator":
         raise ValueError(f"{path} is not a holistic generator's checkpoint")
-    gen = Generator(GeneratorConfig(**args))
+    gen = Generator(**args)
     gen.load_state_dict(ckpt["model"])
     return gen.eval().requires_grad_(False), ckpt
 
@@ -102,14 +82,14 @@ def load_holistic(path):
 def train_holistic(ds, path, iters=600, batch=64, lr=2e-3, seed=0):
     """The holistic baseline: (x, y, size) -> image, by MSE on the data ds; saved to path."""
     torch.manual_seed(seed)
-    gen = Generator(GeneratorConfig(image_size=ds.x.shape[-1]))
+    gen = Generator(image_size=ds.x.shape[-1])
     opt = torch.optim.Adam(gen.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, iters, eta_min=lr / 20)
     c = torch.cat([ds.labels["position"], ds.labels["size"]], 1)  # (N, 3)
     t0 = time.time()
     for it in range(1, iters + 1):
         idx = torch.randint(len(ds), (batch,))
-        loss = F.mse_loss(gen(c[idx]), ds.batch(idx))
+        loss = nn.functional.mse_loss(gen(c[idx]), ds.batch(idx))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -117,14 +97,13 @@ def train_holistic(ds, path, iters=600, batch=64, lr=2e-3, seed=0):
         if it % 250 == 0:
             print(f"[holistic] iter {it}/{iters} | mse {loss.item():.5f} | {time.time() - t0:.0f} s", flush=True)
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    save_checkpoint({"model": gen.state_dict(), "model_args": {"kind": "generator", **asdict(gen.cfg)},
+    save_checkpoint({"model": gen.state_dict(), "model_args": {"kind": "generator", **gen.args},
                      "family": "holistic", "iters": iters}, path)
     return gen
 
 
 def crossproduct_test(n=128, seed=701):
-    """n unseen combinations: positions (n, 2) outside the CROSS_TEST_CORNER square, sizes
-    (n, 1) below LARGE_SIZES, which the data of every fraction f <= 0.1 only has in its corner."""
+    """n unseen combinations: positions (n, 2) outside the CROSS_TEST_CORNER square, sizes (n, 1) below LARGE_SIZES."""
     g = torch.Generator().manual_seed(seed)
     pos = 2 * torch.rand(4 * n, 2, generator=g) - 1  # (4n, 2), then keep n outside the corner
     pos = pos[(pos < 1 - corner_side(CROSS_TEST_CORNER)).any(1)][:n]
@@ -132,31 +111,21 @@ def crossproduct_test(n=128, seed=701):
     return pos, size
 
 
-def render_truth(pos, size):
-    """Red spheres rendered at the test combinations: what a perfect generator draws."""
-    n = len(pos)
-    labels = {"shape": [SHAPES.index("sphere")] * n, "color": [COLORS["red"]] * n,
-              "size": size[:, 0].numpy(), "position": pos.numpy()}
-    return to_float(render_shapes(labels))  # (n, 3, 32, 32)
-
-
 def crossproduct_study(out_dir, n=128, figure="assets/crossproduct.png"):
-    """Size and position error, read by the judge, of generations at unseen combinations: out_dir/position.pt
-    composed with each fraction folder's size.pt (Langevin from noise), against the holistic generator.
-    f<fraction>/ holds a size EBM trained alone, f<fraction>-through/ one trained through the frozen
-    position EBM. The generators are kept apart, in out_dir/holistic/f<fraction>.pt, trained where missing."""
+    """The judge's size and position error at unseen combinations: out_dir/position.pt composed with each
+    f<fraction>[-through]/size.pt (-through: learned through position), and out_dir/holistic/f<fraction>.pt."""
     judge, _ = load_judge()
     pos, size = crossproduct_test(n)
     position, _ = load_checkpoint(os.path.join(out_dir, "position.pt"))
-    truth = render_truth(pos, size)
-    large = render_truth(pos, torch.full_like(size, 0.65))  # what ignoring the asked size draws
+    spheres = {"shape": [SHAPES.index("sphere")] * n, "color": [COLORS["red"]] * n, "position": pos.numpy()}
+    truth = to_float(render_shapes(dict(spheres, size=size[:, 0].numpy())))  # (n, 3, 32, 32): a perfect generator
+    large = to_float(render_shapes(dict(spheres, size=np.full(n, 0.65, np.float32))))  # ignoring the asked size
     rows = [("renders of the truth", None, truth), ("large spheres, asked place", None, large)]  # (name, f, x)
-    folders = sorted((d for d in os.listdir(out_dir) if re.fullmatch(r"f[0-9.]+(-through)?", d)),
-                     key=lambda d: (float(d[1:].removesuffix("-through")), d))
+    folders = sorted((float(d[1:].removesuffix("-through")), d) for d in os.listdir(out_dir)
+                     if re.fullmatch(r"f[0-9.]+(-through)?", d))
     if not folders:
         raise FileNotFoundError(f"{out_dir} holds no fraction folder f<fraction>/ (see README: cross-product)")
-    for d in folders:
-        f = float(d[1:].removesuffix("-through"))
+    for f, d in folders:
         size_net, ckpt = load_checkpoint(os.path.join(out_dir, d, "size.pt"))
         t0 = time.time()
         expr = (Concept(position, "position", pos.tolist(), "position")
@@ -164,45 +133,27 @@ def crossproduct_study(out_dir, n=128, figure="assets/crossproduct.png"):
         rows.append((f"EBMs, {d}", f, sample(expr, n, sampling_settings(ckpt["config"]), seed=0)))
         if not d.endswith("-through"):  # (a -through folder has the data of f<fraction>/, whose baseline is in)
             path = os.path.join(out_dir, "holistic", f"{d}.pt")
-            if os.path.exists(path):
-                gen, _ = load_holistic(path)
-            else:  # trained on the size model's own training data
+            if not os.path.exists(path):  # trained on the size model's own training data
                 run = Config(**{k: v for k, v in ckpt["config"].items() if k in Config.__dataclass_fields__})
-                gen = train_holistic(dataset_for(run), path).eval()
-            with torch.no_grad():
-                rows.append((f"holistic, {d}", f, gen(torch.cat([pos, size], 1))))
+                train_holistic(dataset_for(run), path)
+            gen, _ = load_holistic(path)
+            rows.append((f"holistic, {d}", f, gen(torch.cat([pos, size], 1))))
         print(f"{d} done in {time.time() - t0:.0f} s", flush=True)
     print(f"{'generator':<24} {'size error':>10} {'position error':>14}   ({n} unseen combinations)")
-    results = []
+    results = []  # (name, f, size error, position error)
     for name, f, x in rows:
         p = predict(judge, x)
         results.append((name, f, (p["size"] - size[:, 0]).abs().mean().item(), position_error(p["position"], pos)))
         print(f"{name:<24} {results[-1][2]:>10.3f} {results[-1][3]:>14.3f}")
-    if figure:
-        plot_crossproduct(results, [("truth", truth[:8])] + [(name, x[:8]) for name, _, x in rows[2:]], figure)
-    return results
-
-
-def save_figure(fig, path, dpi=100):
-    """Lay a figure out, write it to path (making its folder) and close it."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=dpi)
-    pyplot().close(fig)
-    print(f"wrote {path}")
-
-
-def plot_crossproduct(results, pictures, figure):
-    """Left: 8 generations per row; right: both errors against the fraction of positions."""
+    pictures = [("truth", None, truth)] + rows[2:]
     fig = pyplot().figure(figsize=(11, 0.75 * len(pictures) + 0.5))
     grid = fig.add_gridspec(len(pictures), 3, width_ratios=(2.2, 1, 1))
-    for i, (name, x) in enumerate(pictures):
+    for i, (name, _, x) in enumerate(pictures):  # left: 8 generations per row
         ax = fig.add_subplot(grid[i, 0])
-        ax.imshow(image_grid(x, nrow=8))
+        ax.imshow(image_grid(x[:8], nrow=8))
         ax.set_axis_off()
         ax.set_title(name, fontsize=8, loc="left")
-    truth, large = results[:2]
-    for j, what in enumerate(("size error", "position error")):
+    for j, what in enumerate(("size error", "position error")):  # right: each error against the fraction
         ax = fig.add_subplot(grid[:, 1 + j])
         for label, belongs in (("composed EBMs", lambda name: name.startswith("EBMs") and "-through" not in name),
                                ("size learned through position", lambda name: name.endswith("-through")),
@@ -210,46 +161,30 @@ def plot_crossproduct(results, pictures, figure):
             points = sorted((r[1], r[2 + j]) for r in results[2:] if belongs(r[0]))
             if points:
                 ax.plot(*zip(*points), "o-", label=label)
-        ax.axhline(truth[2 + j], color="grey", ls="--", label="renders of the truth")
-        ax.axhline(large[2 + j], color="grey", ls=":", label="large spheres at the asked places")
+        ax.axhline(results[0][2 + j], color="grey", ls="--", label="renders of the truth")
+        ax.axhline(results[1][2 + j], color="grey", ls=":", label="large spheres at the asked places")
         ax.set(xscale="log", xlabel="share of positions with every size")
         ax.set_title(f"{what} at unseen combinations", fontsize=9)
         ax.legend(fontsize=7)
     save_figure(fig, figure, dpi=110)
+    return results
 
 
 # ----------------------------------------------------------------------------
 # the inference experiments (paper Table 1, Figures 9a and 10)
-
-REGRESSOR_PATH = "checkpoints/supervised/regressor.pt"  # the supervised position baseline of Table 1
+REGRESSOR_PATH = "checkpoints/supervised/regressor.pt"  # Table 1: the judge's net by MSE on position, on the EBM's data
 OOD_SETS = {"Color": "colors", "Light": "light", "Size": "sizes", "Type": "shape"}  # column -> data.make_shapes heldout
+TWO_OBJECTS_APART = 1.0  # objects of size 0.3-0.4 reach 0.4-0.5 from their centres: 1.0 apart, they do not touch
 
 
-def train_regressor(path=REGRESSOR_PATH):
-    """The supervised baseline of Table 1: the judge's network trained with MSE on position
-    alone, on the position EBM's training data (train.py's shapes defaults: 20,000, seed 0)."""
-    return train_judge(path, heads=("position",), data=dict(n=20_000, seed=0))
-
-
-def position_error(found, truth):
-    """Mean absolute error of positions (N, 2), over both coordinates."""
+def position_error(found, truth):  # positions (N, 2): the mean absolute error over both coordinates
     return (found - truth).abs().mean().item()
 
 
-def load_position_model(path):
-    """A position EBM for the inference experiments; another family is a clear error."""
-    net, ckpt = load_checkpoint(path)
-    if ckpt["family"] != "position":
-        raise ValueError(f"{path} is a model of {ckpt['family']!r}; the inference experiments need position models")
-    return net, ckpt
-
-
 def ood_table(models, regressor_path=REGRESSOR_PATH, n=256, seed=301):
-    """Position error of each EBM (argmin of E(x | position)) and of the supervised regressor on renders
-    that change one factor never seen in training (colors, light over a sky and ground, sizes, a cone).
-    Prints the table and, last, `ebm_avg X regressor_avg Y` (the first EBM, over the four changed sets)."""
+    """Table 1: position error of the EBMs (argmin over positions) and the regressor on renders of unseen factors."""
     regressor, _ = load_judge(regressor_path)
-    ebms = [load_position_model(p) for p in models]
+    ebms = [load_checkpoint(p) for p in models]
     names = [f"EBM, {ck['config']['steps']} steps" for _, ck in ebms] + ["regressor (MSE)"]
     rows = {}
     for column, heldout in [("Train", None)] + list(OOD_SETS.items()):
@@ -259,16 +194,15 @@ def ood_table(models, regressor_path=REGRESSOR_PATH, n=256, seed=301):
         print(f"  {column}: " + "  ".join(f"{e:.3f}" for e in rows[column]), flush=True)
     avg = [float(np.mean([rows[c][i] for c in OOD_SETS])) for i in range(len(names))]
     print(f"\nmean absolute position error ({n} renders per set; positions in [-1, 1]; Train: like the training data)")
-    print(f"| model | {' | '.join(['Train', *OOD_SETS])} | OOD average |")
-    print("|---" * (len(OOD_SETS) + 3) + "|")
+    print(f"| model | {' | '.join(['Train', *OOD_SETS])} | OOD average |\n" + "|---" * (len(OOD_SETS) + 3) + "|")
     for i, name in enumerate(names):
         print(f"| {name} | " + " | ".join(f"{rows[c][i]:.3f}" for c in rows) + f" | {avg[i]:.3f} |")
-    print(f"ebm_avg {avg[0]:.3f} regressor_avg {avg[-1]:.3f}")
+    print(f"ebm_avg {avg[0]:.3f} regressor_avg {avg[-1]:.3f}")  # the last line: the first EBM's OOD average
     return rows, avg
 
 
 def random_objects(rng, n, sizes=SIZE_RANGE, position=None):
-    """Labels of n objects: random shape, size and color, then random positions unless given (n, 2)."""
+    """Labels of n objects: random shape, size and color, and random positions unless given (n, 2)."""
     labels = {"shape": rng.integers(0, len(SHAPES), n), "size": rng.uniform(*sizes, n),
               "color": np.array(list(COLORS.values()))[rng.integers(0, len(COLORS), n)]}
     labels["position"] = rng.uniform(*POSITION_RANGE, (n, 2)) if position is None else position
@@ -279,12 +213,12 @@ def render_views(n_scenes, n_views, seed, scene="ground", clutter=1):
     """n_scenes objects, each seen n_views times under other lights and clutter: (S, K, 3, H, W), (S, 2)."""
     labels = random_objects(np.random.default_rng(seed), n_scenes)
     views = [render_shapes(labels, 32, scene, clutter, seed=seed + 1 + k) for k in range(n_views)]  # K x (S, H, W, 3)
-    return to_float(np.stack(views, 1)), torch.from_numpy(labels["position"]).float()  # (S, K, 3, H, W), (S, 2)
+    return to_float(np.stack(views, 1)), torch.from_numpy(labels["position"]).float()
 
 
 def views_table(model, n_scenes=64, max_views=8, seed=401, figure="assets/infer_views.png"):
     """Position error against the number of views combined (eq. 12), Figure 9a's analog."""
-    net, ckpt = load_position_model(model)
+    net, ckpt = load_checkpoint(model)
     x, truth = render_views(n_scenes, max_views, seed)
     values = candidate_values(ckpt, 21)
     e = energies_over(net, x.flatten(0, 1), values).view(n_scenes, max_views, -1)  # (S, K, V): once for every k
@@ -294,8 +228,7 @@ def views_table(model, n_scenes=64, max_views=8, seed=401, figure="assets/infer_
         errors.append(position_error(refine(net, ckpt, x[:, :k], start), truth))
         print(f"{k} view(s): mean absolute position error {errors[-1]:.3f}", flush=True)
     fig, ax = pyplot().subplots(1, 2, figsize=(7, 3), gridspec_kw={"width_ratios": [1.3, 1]})
-    rows = x[0].reshape(2, max_views // 2, 3, 32, 32).permute(0, 3, 1, 4, 2)  # (2, H, K/2, W, 3)
-    ax[0].imshow(rows.reshape(64, -1, 3).numpy())
+    ax[0].imshow(x[0].reshape(2, max_views // 2, 3, 32, 32).permute(0, 3, 1, 4, 2).reshape(64, -1, 3).numpy())
     ax[0].set_title("the views of one object", fontsize=8)
     ax[0].axis("off")
     ax[1].plot(range(1, max_views + 1), errors, "o-")
@@ -303,9 +236,6 @@ def views_table(model, n_scenes=64, max_views=8, seed=401, figure="assets/infer_
     save_figure(fig, figure)
     print(f"views_1 {errors[0]:.3f} views_{max_views} {errors[-1]:.3f}")
     return errors
-
-
-TWO_OBJECTS_APART = 1.0  # objects of size 0.3-0.4 reach 0.4-0.5 from their centres: 1.0 apart, they do not touch
 
 
 def two_object_images(n, seed, min_apart=TWO_OBJECTS_APART):
@@ -320,16 +250,14 @@ def two_object_images(n, seed, min_apart=TWO_OBJECTS_APART):
 
 
 def objects_table(model, n=128, seed=501, figure="assets/infer_two_objects.png"):
-    """Figure 10's analog: the single-object position model's energy map over images of two objects;
-    recovered where its two lowest local minima lie within POSITION_TOL of the two objects, one each."""
-    net, _ = load_position_model(model)
+    """Figure 10's analog: do the two lowest minima of a one-object position model find both of two objects?"""
+    net, _ = load_checkpoint(model)
     x, pos = two_object_images(n, seed)
     found = []
     for i, (img, p) in enumerate(zip(x, pos.numpy())):
         e, _, minima = energy_map(net, img)
         m = np.array(minima[:2])  # (2, 2): the two lowest minima, if there are two
-        found.append(len(m) == 2 and any(np.hypot(*(m - p[list(order)]).T).max() <= POSITION_TOL
-                                         for order in ((0, 1), (1, 0))))
+        found.append(len(m) == 2 and any(np.hypot(*(m - q).T).max() <= POSITION_TOL for q in (p, p[::-1])))
         if i == 0:
             save_energy_map(img, e, minima, figure, f"two objects; lowest minima {np.round(m, 2).tolist()}")
     rate = float(np.mean(found))
@@ -340,9 +268,8 @@ def objects_table(model, n=128, seed=501, figure="assets/infer_two_objects.png")
 
 
 # ----------------------------------------------------------------------------
-# samplers and partition functions (paper appendix A.6) on toy2d
-
-# Disjunctions of toy2d whose terms have different partition functions (and one whose do not)
+# samplers and partition functions (paper appendix A.6) on toy2d, with disjunctions whose terms have
+# different partition functions (and one whose terms do not)
 TOY2D_DISJUNCTIONS = ["top | right", "inner | (bottom & left)", "outer | (top & right & inner)",
                       "(top & left) | bottom", "(top & ~right) | (bottom & right & outer)"]
 
@@ -393,9 +320,8 @@ def tempered_concepts(trained, figure):
     ds, spread = make_toy2d(20_000, seed=123), {}
     fig, ax = pyplot().subplots(figsize=(7, 3.5))
     for name, c in trained.items():
-        mine = ds.x[ds.labels[c.family] == c.value]  # (n, 2) the concept's own data
         with torch.no_grad():
-            e = c(mine)  # (n,)
+            e = c(ds.x[ds.labels[c.family] == c.value])  # (n,) on the concept's own data
         spread[name] = e.std().item()
         ax.hist(e.numpy(), bins=60, histtype="step", label=f"{name} (mean {e.mean():.2f}, std {e.std():.2f})")
     ax.set_xlabel("E(x | c) on the concept's own data")
@@ -407,26 +333,22 @@ def tempered_concepts(trained, figure):
 
 
 def partition_study(ckpt_dir="out-toy2d", figure="assets/toy2d_energy_hist.png", seeds=(0, 1, 2)):
-    """Appendix A.6 on toy2d: disjunctions of the exact, trained and tempered energies, before and after
-    weighting every disjunct by its partition function (quadrature; AIS for comparison)."""
+    """Appendix A.6 on toy2d: the median mode TV of disjunctions of the exact, trained and tempered energies,
+    before and after weighting every disjunct by its partition function (quadrature; AIS for comparison)."""
     sets = toy2d_sets(ckpt_dir)
     if len(sets) == 2:  # trained models: also their tempered versions
         sets.append(("tempered", tempered_concepts(sets[1][1], figure), sets[1][2]))
     print(f"{'energies':<9} {'expression':<42} {'ULA':>6} {'MALA':>6} {'ULA, balanced':>13} "
           f"{'MALA, balanced':>14} {'(log Z by AIS)':>14}   log Z of the terms")
-
-    def tv(expr, settings, method):
-        return seed_quality(expr, dict(settings, method=method), seeds)[0]
-
     for name, concepts, settings in sets:
         for text in TOY2D_DISJUNCTIONS:
             expr = parse(text, concepts)
-            plain = [tv(expr, settings, m) for m in ("ula", "mala")]
+            plain = [seed_quality(expr, dict(settings, method=m), seeds)[0] for m in ("ula", "mala")]
             balance(expr, settings)
             log_z = list(expr.log_z)
-            bal = [tv(expr, settings, m) for m in ("ula", "mala")]
+            bal = [seed_quality(expr, dict(settings, method=m), seeds)[0] for m in ("ula", "mala")]
             expr.log_z = [log_partition(t, settings, ais=True) for t in expr.terms]
-            ais = tv(expr, settings, "mala")
+            ais = seed_quality(expr, dict(settings, method="mala"), seeds)[0]
             print(f"{name:<9} {text:<42} {plain[0]:>6.3f} {plain[1]:>6.3f} {bal[0]:>13.3f} {bal[1]:>14.3f} "
                   f"{ais:>14.3f}   {', '.join(f'{z:.2f}' for z in log_z)}", flush=True)
 
@@ -460,10 +382,13 @@ def main(argv=None):
     for path in getattr(args, "models", []):
         if not os.path.exists(path):
             raise FileNotFoundError(f"position model {path} does not exist")
-    run = {"continual": lambda: continual_study(args.ckpt_dir, args.steps),
-           "crossproduct": lambda: crossproduct_study(args.ckpt_dir), "regressor": train_regressor,
-           "ood": lambda: ood_table(args.models), "views": lambda: views_table(args.models[0]),
-           "objects": lambda: objects_table(args.models[0]),
+        if (family := load_checkpoint(path)[1]["family"]) != "position":
+            raise ValueError(f"{path} is a model of {family!r}; the inference experiments need position models")
+    run = {"continual": lambda: bench_shapes(args.ckpt_dir, steps=args.steps, suite=CONTINUAL_SUITE, target=0.8,
+                                             figure="assets/shapes_continual.png"),
+           "crossproduct": lambda: crossproduct_study(args.ckpt_dir), "ood": lambda: ood_table(args.models),
+           "regressor": lambda: train_judge(REGRESSOR_PATH, heads=("position",), data=dict(n=20_000, seed=0)),
+           "views": lambda: views_table(args.models[0]), "objects": lambda: objects_table(args.models[0]),
            "partition": lambda: partition_study(args.ckpt_dir), "samplers": lambda: sampler_study(args.ckpt_dir)}
     run[args.name]()
 
@@ -472,4 +397,4 @@ if __name__ == "__main__":
     try:
         main()
     except (ValueError, FileNotFoundError) as e:
-        sys.exit(f"error: {e}")
+        raise SystemExit(f"error: {e}")
