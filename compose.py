@@ -10,13 +10,15 @@ The negation is BOUNDED: a trained energy grows without limit away from its data
 E_a - alpha * E_b would pay chains for leaving the data altogether. Clamped at m_b (the typical energy of b
 on its data, plus NEG_MARGIN), ~b only removes b from a: p(x | a, not b) ~ p(x | a) * sigmoid(E_b - m_b)^alpha.
 
+From Python:
     concepts = load_concepts("out-toy2d")              # name -> Concept
     expr = concepts["top"] & ~concepts["right"]       # or: parse("top & ~right", concepts)
     x = sample(expr, 2000, sampling_settings(concepts["top"].config))   # (2000, 2)
 
-From the command line (every checkpoint in the folder is loaded; --plain_or: the paper's unweighted OR):
+From the command line (every checkpoint in the folder is loaded):
     python compose.py "top & ~right" --ckpt_dir out-toy2d --num 2000 --save out-toy2d/top_not_right.npz
     python compose.py "cube & red & size=0.6 & position=(0.5,-0.3)" --ckpt_dir checkpoints/shapes --num 64 --save x.png
+    python compose.py "inner | (bottom & left)" --ckpt_dir out-toy2d --plain_or   # the paper's unweighted OR
 """
 import argparse
 import glob
@@ -132,8 +134,7 @@ class Or(Energy):
 
     def __init__(self, terms, temperature=1.0, log_z=None):
         self.terms = [u for t in terms for u in (t.terms if isinstance(t, Or) else [t])]
-        self.temperature = temperature
-        self.log_z = log_z  # None, or one log partition function per term
+        self.temperature, self.log_z = temperature, log_z  # log_z: None, or one log Z per term
         for t in self.terms:
             if isinstance(t, Not):
                 raise ValueError(f"disjunct {t!r} is a negation with nothing positive to ground it")
@@ -167,10 +168,11 @@ def parse(text, concepts):
 
 
 class Parser:
-    """Recursive descent over the tokens (kind, value, column), one method per rule:
+    """Recursive descent over the tokens (kind, value, column), one method per rule (unary reads the numbers):
         disjunction := conjunction ('|' conjunction)*
         conjunction := unary ('&' unary)*
-        unary       := '~' unary | '(' disjunction ')' | name | name '=' number | name '=(' number (',' number)* ')'
+        unary       := '~' unary | '(' disjunction ')' | name | name '=' numbers
+        numbers     := number | '(' number (',' number)* ')'
     """
 
     def __init__(self, text, concepts):
