@@ -1,26 +1,14 @@
 """Composing trained concept EBMs with AND, OR and NOT, and sampling the result.
 
-Each operator takes energy functions and returns an energy function
-x (B, ...) -> (B,), so they nest (paper section 2.2):
+Each operator takes energy functions x (B, ...) -> (B,) and returns one, so they nest (paper section 2.2):
 
     a & b   conjunction   E_a + E_b                              (product of experts, eq. 4)
     a | b   disjunction   -T * logsumexp(-E_a/T, -E_b/T)         (mixture, eq. 7; T = 1 is the paper's)
     a & ~b  negation      E_a + alpha * softplus(m_b - E_b)      (eq. 9 with E_b clamped), grounded by a
 
-The negation is BOUNDED. The paper's E_a - alpha * E_b rewards every unit of E_b,
-and a trained energy grows without limit away from its data (often to hundreds),
-so chains would be paid for leaving the data altogether. Here -softplus(m_b - E_b)
-is E_b smoothly clamped from above at m_b (up to a constant): where `b` is likely
-(E_b below m_b) it costs alpha per nat, and where `b` is unlikely it is flat, so
-it only removes `b` from `a` and never pulls chains anywhere else. m_b is the
-typical energy of `b` on its own training data (stored in its checkpoint) plus
-NEG_MARGIN nats: exp(-NEG_MARGIN) as likely as typical `b` counts as "not b".
-In probabilities: p(x | a, not b) ~ p(x | a) * sigmoid(E_b - m_b)^alpha.
-A negation with nothing positive to ground it (`~b`, `~a | b`) is refused.
-
-The paper's disjunction weighs each term by its partition function Z (it assumes them
-equal). Here, by default on 2D data, each disjunct counts equally (weigh_disjunctions);
-`--plain_or` gives the paper's form, and `--balance` asks for the weighting on images.
+The negation is BOUNDED: a trained energy grows without limit away from its data, so the paper's
+E_a - alpha * E_b would pay chains for leaving the data altogether. Clamped at m_b (the typical energy of b
+on its data, plus NEG_MARGIN), ~b only removes b from a: p(x | a, not b) ~ p(x | a) * sigmoid(E_b - m_b)^alpha.
 
 From Python:
     concepts = load_concepts("out-toy2d")              # name -> Concept
@@ -31,15 +19,6 @@ From the command line (every checkpoint in the folder is loaded):
     python compose.py "top & ~right" --ckpt_dir out-toy2d --num 2000 --save out-toy2d/top_not_right.npz
     python compose.py "cube & red & size=0.6 & position=(0.5,-0.3)" --ckpt_dir checkpoints/shapes --num 64 --save x.png
     python compose.py "inner | (bottom & left)" --ckpt_dir out-toy2d --plain_or   # the paper's unweighted OR
-
-Continuous concepts (the `size` and `position` models of `shapes`) take their
-numbers after '=': `size=0.6`, `position=(0.5,-0.3)`; a value outside the range
-the model was trained on is an error. Two positions in one conjunction ask for
-two objects (paper Figure 5).
-
-Exact evaluation on toy2d, whose 16 modes are known (data.py): exact_weights(expr) gives
-the weight an expression puts on each mode, toy2d_quality(samples, expr) the precision
-and mode TV of samples (format_table says what they mean).
 """
 import argparse
 import glob
@@ -57,7 +36,7 @@ from model import load_checkpoint
 from sampler import log_partition, sample, sample_chains
 
 NEG_ALPHA = 3.0  # weight of a negated concept: nats per nat of E_b below m_b
-NEG_MARGIN = 5.0  # m_b = typical energy of b on its data + NEG_MARGIN
+NEG_MARGIN = 5.0  # m_b = typical energy of b on its data + NEG_MARGIN: exp(-NEG_MARGIN) as likely counts as "not b"
 
 
 class Energy:
@@ -90,7 +69,8 @@ class Concept(Energy):
 
 
 class Family:
-    """A continuous concept family (`size`, `position`): `size=0.6` picks a Concept of it."""
+    """A continuous concept family (`size`, `position`): `size=0.6` or `position=(0.5,-0.3)` picks a Concept
+    of it. Two positions in one conjunction ask for two objects (paper Figure 5)."""
 
     def __init__(self, model, name, components, low, high, data_energy=0.0):
         self.model, self.name, self.components = model, name, components
@@ -98,14 +78,13 @@ class Family:
 
     def at(self, numbers):
         """The concept `name=numbers`; a wrong count or a number out of range is a ValueError."""
-        shown = f"{self.name}={numbers[0]:g}" if len(numbers) == 1 else \
-            f"{self.name}=({','.join(f'{v:g}' for v in numbers)})"
+        shown = ",".join(f"{v:g}" for v in numbers)
+        shown = f"{self.name}={shown}" if len(numbers) == 1 else f"{self.name}=({shown})"
         if len(numbers) != len(self.components):
             raise ValueError(f"{shown}: {self.name} takes {len(self.components)} number(s) "
                              f"({', '.join(self.components)})")
-        for v in numbers:
-            if not self.low <= v <= self.high:
-                raise ValueError(f"{shown} is out of range: {self.name} takes values in [{self.low:g}, {self.high:g}]")
+        if not all(self.low <= v <= self.high for v in numbers):
+            raise ValueError(f"{shown} is out of range: {self.name} takes values in [{self.low:g}, {self.high:g}]")
         return Concept(self.model, self.name, [float(v) for v in numbers], shown, self.data_energy)
 
     def __repr__(self):
@@ -150,15 +129,12 @@ class And(Energy):
 
 
 class Or(Energy):
-    """a | b: the mixture of the terms' distributions. The paper's -logsumexp(-E_a, -E_b)
-    weighs each term by its partition function Z (eq. 7 assumes they are equal); with
-    log_z set (balance()), -logsumexp(-E_a - log Z_a, -E_b - log Z_b) is the
-    equal-weight mixture of the normalised terms, whatever their Z."""
+    """a | b: the mixture of the terms' distributions. Eq. 7 weighs each term by its partition function Z;
+    with log_z set (balance()), -logsumexp(-E_a - log Z_a, -E_b - log Z_b) is the equal-weight mixture."""
 
     def __init__(self, terms, temperature=1.0, log_z=None):
         self.terms = [u for t in terms for u in (t.terms if isinstance(t, Or) else [t])]
-        self.temperature = temperature
-        self.log_z = log_z  # None, or one log partition function per term
+        self.temperature, self.log_z = temperature, log_z  # log_z: None, or one log Z per term
         for t in self.terms:
             if isinstance(t, Not):
                 raise ValueError(f"disjunct {t!r} is a negation with nothing positive to ground it")
@@ -175,75 +151,60 @@ class Or(Energy):
         return "(" + " | ".join(map(repr, self.terms)) + ")"
 
 
-# ----------------------------------------------------------------------------
-# the expression language: names, &, |, ~ and parentheses; & binds tighter than |.
-# A continuous concept takes its numbers after '=':  size=0.6,  position=(0.5,-0.3)
+# ---------------------------------------------------------------- the expression language
 
 # a number not glued to letters; then a name (which may start with digits: CelebA's 5_o_Clock_Shadow)
 TOKEN = re.compile(r"\s*(?:([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)(?![\w.])|(\w+)|(.))")
 
 
 def parse(text, concepts):
-    """Parse `text` into an energy function over `concepts` (name -> Concept, case-insensitive)."""
-    expr = Parser(text, concepts).expression()
+    """Parse `text` into an energy function over `concepts` (name -> Concept or Family, case-insensitive)."""
+    parser = Parser(text, concepts)
+    expr = parser.disjunction()
+    parser.take("end", "'&', '|' or the end")
     if isinstance(expr, Not):
         raise expr.ungrounded()
     return expr
 
 
-def tokenize(text):
-    """text -> [(kind, value, column)]: kind is 'name', 'number', an operator, or 'end'."""
-    tokens = []
-    for m in TOKEN.finditer(text.rstrip()):
-        number, name, op = m.groups()
-        col = m.start(m.lastindex)
-        if op is not None and op not in "&|~()=,":
-            raise ValueError(syntax_error(text, col, f"unexpected character {op!r}"))
-        tokens.append(("name", name, col) if name else ("number", float(number), col) if number else (op, op, col))
-    return tokens + [("end", "end of expression", len(text.rstrip()))]
-
-
 class Parser:
-    """Recursive descent over the grammar, one method per rule:
-        expression  := disjunction end
+    """Recursive descent over the tokens (kind, value, column), one method per rule (unary reads the numbers):
         disjunction := conjunction ('|' conjunction)*
         conjunction := unary ('&' unary)*
         unary       := '~' unary | '(' disjunction ')' | name | name '=' numbers
         numbers     := number | '(' number (',' number)* ')'
     """
-    EXPECTED = {"atom": "a concept name, '(' or '~'", "end": "'&', '|' or the end", ")": "')', '&' or '|'",
-                "number": "a number", "),": "',' or ')'"}
 
     def __init__(self, text, concepts):
-        self.text, self.concepts = text, concepts
-        self.by_name = {k.lower(): v for k, v in concepts.items()}
-        self.tokens, self.pos = tokenize(text), 0
+        self.text, self.concepts, self.pos, self.tokens = text, concepts, 0, []
+        for m in TOKEN.finditer(text.rstrip()):
+            number, name, op = m.groups()
+            col = m.start(m.lastindex)
+            if op is not None and op not in "&|~()=,":
+                raise self.error(f"unexpected character {op!r}", col)
+            kind, value = ("name", name) if name else ("number", float(number)) if number else (op, op)
+            self.tokens.append((kind, value, col))
+        self.tokens.append(("end", "end of expression", len(text.rstrip())))
 
-    def peek(self):
-        return self.tokens[self.pos][0]
-
-    def accept(self, kind):
-        """Skip the next token if it is of `kind`; returns whether it was."""
-        if self.peek() != kind:
-            return False
-        self.pos += 1
-        return True
+    def error(self, message, col=None):
+        col = self.tokens[self.pos][2] if col is None else col
+        return ValueError(f"syntax error at column {col + 1}: {message}\n  {self.text}\n  {' ' * col}^")
 
     def take(self, kind, expected=None):
-        """The next token, which must be of `kind`; else a syntax error: expected EXPECTED[expected or kind]."""
-        tok = self.tokens[self.pos]
-        if tok[0] != kind:
-            raise self.error(f"expected {self.EXPECTED[expected or kind]}, found {tok[1]!r}")
-        self.pos += 1
-        return tok
+        """The next token's value if it is of `kind` (skipping it); else None, or a syntax error if `expected`."""
+        next_kind, value, _ = self.tokens[self.pos]
+        if next_kind == kind:
+            self.pos += 1
+            return value
+        if expected:
+            raise self.error(f"expected {expected}, found {value!r}")
 
-    def error(self, message):
-        return ValueError(syntax_error(self.text, self.tokens[self.pos][2], message))
-
-    def expression(self):
-        expr = self.disjunction()
-        self.take("end")
-        return expr
+    def joined(self, op, operand, combine):
+        """operand (op operand)*: a lone operand as it is, several combined."""
+        terms = [operand()]
+        while self.take(op):
+            terms.append(operand())
+        return terms[0] if len(terms) == 1 else combine(terms)
 
     def disjunction(self):
         return self.joined("|", self.conjunction, Or)
@@ -251,54 +212,34 @@ class Parser:
     def conjunction(self):
         return self.joined("&", self.unary, And)
 
-    def joined(self, op, operand, combine):
-        """operand (op operand)*: a lone operand as it is, several combined."""
-        terms = [operand()]
-        while self.accept(op):
-            terms.append(operand())
-        return terms[0] if len(terms) == 1 else combine(terms)
-
     def unary(self):
-        if self.accept("~"):
+        if self.take("~"):
             return Not(self.unary())
-        if self.accept("("):
+        if self.take("("):
             inner = self.disjunction()
-            self.take(")")
+            self.take(")", "')', '&' or '|'")
             return inner
-        name = self.take("name", "atom")[1]
-        found = self.by_name.get(name.lower())
+        name = self.take("name", "a concept name, '(' or '~'")
+        found = {k.lower(): v for k, v in self.concepts.items()}.get(name.lower())
         if found is None:
-            raise ValueError(f"unknown concept {name!r}; known concepts: {known(self.concepts)}")
-        if isinstance(found, Family):
-            if not self.accept("="):
-                raise self.error(f"{name} is continuous and needs a value: "
-                                 f"{name}=... in [{found.low:g}, {found.high:g}]")
-            return found.at(self.numbers())
-        if self.peek() == "=":
-            raise self.error(f"{name} is a discrete concept and takes no value")
-        return found
-
-    def numbers(self):  # 0.6  or  (0.5, -0.3)
-        if not self.accept("("):
-            return [self.take("number")[1]]
-        values = [self.take("number")[1]]
-        while self.accept(","):
-            values.append(self.take("number")[1])
-        self.take(")", "),")
-        return values
+            known = ", ".join(f"{k}=..." if isinstance(v, Family) else k for k, v in sorted(self.concepts.items()))
+            raise ValueError(f"unknown concept {name!r}; known concepts: {known}")
+        if not isinstance(found, Family):
+            if self.tokens[self.pos][0] == "=":
+                raise self.error(f"{name} is a discrete concept and takes no value")
+            return found
+        if not self.take("="):
+            raise self.error(f"{name} is continuous and needs a value: {name}=... in [{found.low:g}, {found.high:g}]")
+        if not self.take("("):
+            return found.at([self.take("number", "a number")])
+        numbers = [self.take("number", "a number")]
+        while self.take(","):
+            numbers.append(self.take("number", "a number"))
+        self.take(")", "',' or ')'")
+        return found.at(numbers)
 
 
-def known(concepts):
-    """The names an expression may use, continuous ones with their syntax."""
-    return ", ".join(f"{k}=..." if isinstance(v, Family) else k for k, v in sorted(concepts.items()))
-
-
-def syntax_error(text, col, message):
-    return f"syntax error at column {col + 1}: {message}\n  {text}\n  {' ' * col}^"
-
-
-# ----------------------------------------------------------------------------
-# loading concepts and sampling
+# ---------------------------------------------------------------- loading concepts and sampling
 
 
 def load_concepts(ckpt_dir, device="cpu"):
@@ -312,18 +253,16 @@ def load_concepts(ckpt_dir, device="cpu"):
     concepts, first = {}, None
     for path in paths:
         net, ckpt = load_checkpoint(path, device)
-        cfg = ckpt["config"]
+        cfg, family, values, energies = ckpt["config"], ckpt["family"], ckpt["values"], ckpt["data_energy"]
         data = (cfg["dataset"], tuple(cfg["x_shape"]))
         first = first or (path, data)
         if data != first[1]:
             raise ValueError(f"{path} was trained on {data[0]} {data[1]} but {first[0]} on "
                              f"{first[1][0]} {first[1][1]}: one folder must hold models of one dataset and size")
         if ckpt["encoding"] == "numbers":
-            low, high = ckpt["range"]
-            names = {ckpt["family"]: Family(net, ckpt["family"], ckpt["values"], low, high, ckpt["data_energy"][0])}
+            names = {family: Family(net, family, values, *ckpt["range"], energies[0])}
         else:
-            names = {name: Concept(net, ckpt["family"], i, name, ckpt["data_energy"][i])
-                     for i, name in enumerate(ckpt["values"])}
+            names = {name: Concept(net, family, i, name, energies[i]) for i, name in enumerate(values)}
         for name, concept in names.items():
             if name in concepts:
                 raise ValueError(f"concept {name!r} is provided by two checkpoints in {ckpt_dir}")
@@ -344,40 +283,32 @@ def sampling_settings(config, **overrides):
     return s
 
 
-def has_or(expr):
-    """Whether the expression holds a disjunction anywhere."""
-    inner = [expr.inner] if isinstance(expr, Not) else getattr(expr, "terms", [])
-    return isinstance(expr, Or) or any(has_or(t) for t in inner)
+def parts(expr):
+    """expr and every expression inside it, innermost first."""
+    for t in [expr.inner] if isinstance(expr, Not) else getattr(expr, "terms", []):
+        yield from parts(t)
+    yield expr
+
+
+def balance(expr, settings):
+    """Set every disjunction's log_z (see Or), inside out; returns expr."""
+    for e in parts(expr):
+        if isinstance(e, Or):
+            e.log_z = [log_partition(t, settings) for t in e.terms]
+    return expr
 
 
 def weigh_disjunctions(expr, settings, plain_or=False):
-    """The sampler settings for `expr`, weighting its disjunctions first (in place).
-
-    By default a disjunction is the equal-weight mixture of its normalised terms: each
-    term's log Z is measured (balance) and the chains run MALA, whose Metropolis test keeps
-    the weights that plain Langevin blurs. This is the default where log Z is exact and
-    cheap (2D data: quadrature); for images, AIS is slow and noisy, so it is asked for with
-    compose.py --balance. plain_or keeps the paper's -logsumexp of the raw energies, which
-    weights each term by its partition function. An explicit method in settings is kept."""
-    if plain_or or not has_or(expr) or tuple(settings["x_shape"]) != (2,):
+    """The sampler settings for `expr`. On 2D data, where log Z is exact and cheap (quadrature), its disjunctions
+    are balanced (in place) and sampled with MALA, whose Metropolis test keeps the weights that plain Langevin
+    blurs; images ask for it with --balance (AIS: slow, noisy). An explicit method in settings is kept."""
+    if plain_or or tuple(settings["x_shape"]) != (2,) or not any(isinstance(e, Or) for e in parts(expr)):
         return settings
     balance(expr, settings)
     return {"method": "mala", **settings}
 
 
-def balance(expr, settings):
-    """Set every disjunction's log_z (see Or), inside out; returns expr."""
-    for t in getattr(expr, "terms", []):
-        balance(t, settings)
-    if isinstance(expr, Not):
-        balance(expr.inner, settings)
-    if isinstance(expr, Or):
-        expr.log_z = [log_partition(t, settings) for t in expr.terms]
-    return expr
-
-
-# ----------------------------------------------------------------------------
-# exact evaluation on toy2d
+# ---------------------------------------------------------------- exact evaluation on toy2d, whose modes are known
 
 TOY2D_SUITE = ["top", "outer", "top & right", "top & right & outer", "top | right",
                "inner | (bottom & left)", "top & ~right", "outer & ~top & ~left"]
@@ -409,15 +340,13 @@ def exact_weights(expr):
 
 
 def toy2d_quality(samples, expr):
-    """Precision and mode TV of samples (N, 2) for an expression: precision is the share of samples
-    within TOY2D_RADIUS of a mode the expression selects; mode TV the total variation distance
-    between the samples' shares of the 16 modes (and of nowhere) and the exact weights."""
+    """Precision and mode TV (see format_table) of samples (N, 2) for an expression."""
     centres, _ = toy2d_modes()
     w = exact_weights(expr)  # (16,)
     dist, nearest = torch.cdist(samples.double(), centres.double()).min(dim=1)  # (N,), (N,)
     inside = dist < TOY2D_RADIUS
     shares = torch.bincount(nearest[inside], minlength=16).double() / len(samples)  # (16,)
-    elsewhere = 1 - inside.double().mean()
+    elsewhere = 1 - inside.double().mean()  # the share of samples near no mode counts as one more "mode"
     precision = (inside & (w[nearest] > 0)).double().mean()
     tv = 0.5 * ((shares - w).abs().sum() + elsewhere)
     return {"precision": precision.item(), "mode_tv": tv.item()}
@@ -481,9 +410,11 @@ def format_table(rows):
         "    Disjunctions are weighted by the terms' partition functions and sampled with MALA."])
 
 
+# ---------------------------------------------------------------- figures
+
+
 def pyplot():
-    """matplotlib.pyplot on the file-only backend, imported on first use (the figures of
-    compose.py, infer.py, bench.py and experiments.py all come through here)."""
+    """matplotlib.pyplot on the file-only backend, imported on first use (all the project's figures)."""
     import matplotlib
     matplotlib.use("Agg")  # files only, no screen
     import matplotlib.pyplot as plt
@@ -491,6 +422,7 @@ def pyplot():
 
 
 def _scatter(ax, x, title, data_range):
+    """2D samples (N, 2), over the toy2d mode centres (red +)."""
     centres, _ = toy2d_modes()
     ax.scatter(x[:, 0], x[:, 1], s=1, alpha=0.4)
     ax.scatter(centres[:, 0], centres[:, 1], s=12, marker="+", c="red")
@@ -500,28 +432,6 @@ def _scatter(ax, x, title, data_range):
     ax.set_title(title, fontsize=9)
 
 
-def plot_points(x, path, title, data_range):
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(4, 4))
-    _scatter(ax, x, title, data_range)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
-def plot_points_gif(chain, path, title, data_range):
-    """An animation of the chains: one frame per snapshot."""
-    import imageio.v2 as imageio
-    plt = pyplot()
-    frames = []
-    for k, x in enumerate(chain):
-        fig, ax = plt.subplots(figsize=(4, 4))
-        _scatter(ax, x, f"{title}  (snapshot {k})", data_range)
-        fig.canvas.draw()
-        frames.append(np.asarray(fig.canvas.buffer_rgba())[..., :3].copy())
-        plt.close(fig)
-    imageio.mimsave(path, frames, duration=0.08)
-
-
 def image_grid(x, nrow=8, pad=2):
     """Images (N, 3, H, W) in [0, 1] -> one uint8 picture (rows of nrow, white gaps), each
     image enlarged to at least 64 pixels so that 32x32 samples can be seen."""
@@ -529,11 +439,10 @@ def image_grid(x, nrow=8, pad=2):
     scale = max(1, 64 // x.shape[-1])
     x = x.repeat_interleave(scale, -1).repeat_interleave(scale, -2)  # (N, 3, sH, sW)
     n, _, h, w = x.shape
-    rows = -(-n // nrow)
-    grid = torch.ones(3, rows * (h + pad) + pad, nrow * (w + pad) + pad)
+    grid = torch.ones(3, -(-n // nrow) * (h + pad) + pad, nrow * (w + pad) + pad)
     for i in range(n):
-        r, c = divmod(i, nrow)
-        grid[:, pad + r * (h + pad): pad + r * (h + pad) + h, pad + c * (w + pad): pad + c * (w + pad) + w] = x[i]
+        top, left = pad + (i // nrow) * (h + pad), pad + (i % nrow) * (w + pad)
+        grid[:, top: top + h, left: left + w] = x[i]
     return (grid.permute(1, 2, 0) * 255).round().byte().numpy()  # (H', W', 3)
 
 
@@ -542,14 +451,27 @@ def save_image_grid(x, path, nrow=8):
     imageio.imwrite(path, image_grid(x, nrow))
 
 
-def save_image_gif(chain, path, nrow=8):
-    """An animation of image chains: one grid of the first nrow^2 chains per snapshot."""
+def save_figure(chain, path, title, data_range):
+    """A .png of the one batch in `chain`, or a .gif with one frame per snapshot: points (N, 2) over the
+    toy2d modes, or images (N, 3, H, W) as a grid of the first 64."""
     import imageio.v2 as imageio
-    imageio.mimsave(path, [image_grid(x[: nrow * nrow], nrow) for x in chain], duration=0.08)
+    plt, frames = pyplot(), []
+    for k, x in enumerate(chain):
+        if x.dim() == 4:
+            frames.append(image_grid(x[:64]))
+            continue
+        fig, ax = plt.subplots(figsize=(4, 4))
+        _scatter(ax, x, title if path.endswith(".png") else f"{title}  (snapshot {k})", data_range)
+        fig.canvas.draw()
+        frames.append(np.asarray(fig.canvas.buffer_rgba())[..., :3].copy())  # (H, W, 3)
+        plt.close(fig)
+    if path.endswith(".png"):
+        imageio.imwrite(path, frames[0])
+    else:
+        imageio.mimsave(path, frames, duration=0.08)
 
 
-# ----------------------------------------------------------------------------
-# command line
+# ---------------------------------------------------------------- command line
 
 
 def main(argv=None):
@@ -593,26 +515,18 @@ def main(argv=None):
     t0 = time.time()
     out = sample_chains(expr, args.num, settings, seed=args.seed,
                         keep_every=max(settings["steps"] // 50, 1) if args.gif else 0)
-    x, chain = out.x, out.snapshots
     print(f"sampled {args.num} in {time.time() - t0:.1f} s ({settings['steps']} Langevin steps)")
     os.makedirs(os.path.dirname(os.path.abspath(save)), exist_ok=True)
     stem = os.path.splitext(save)[0]
     if save.endswith(".npz"):
-        np.savez(save, samples=x.numpy())
+        np.savez(save, samples=out.x.numpy())
         print(f"saved {save}")
+    for ext, chain in ((".png", [out.x]), (".gif", out.snapshots)):
+        if chain:
+            save_figure(chain, stem + ext, args.expr, settings["data_range"])
+            print(f"saved {stem}{ext}")
     if is_toy2d:
-        plot_points(x, stem + ".png", args.expr, settings["data_range"])
-    else:
-        save_image_grid(x[:64], stem + ".png")
-    print(f"saved {stem}.png")
-    if chain:
-        if is_toy2d:
-            plot_points_gif(chain, stem + ".gif", args.expr, settings["data_range"])
-        else:
-            save_image_gif(chain, stem + ".gif")
-        print(f"saved {stem}.gif")
-    if is_toy2d:
-        q = toy2d_quality(x, expr)
+        q = toy2d_quality(out.x, expr)
         print(f"precision {q['precision']:.3f}")
         print(f"mode_tv {q['mode_tv']:.3f}")
 
