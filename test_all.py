@@ -451,6 +451,26 @@ def test_annealed_negatives_split_between_modes_by_mass():
         train.parse_config(["--annealed_share", "2"])
 
 
+def test_contrast_term_widens_the_gap_between_values_on_the_data(tmp_path):
+    """--contrast adds a logistic loss that puts E(x+ | c+) below E(x+ | c') on real data (train.other_labels):
+    the gap between a data point's own value and the other one grows over plain CD's, in the same run length."""
+    c = torch.tensor([0, 1, 2, 0, 1, 2])
+    for _ in range(20):  # a discrete label always moves to another value; a continuous one to a data point's
+        assert (train.other_labels(c, c, 3) != c).all()
+    assert set(train.other_labels(c[:2].float(), torch.tensor([0.25, 0.5]), 0).tolist()) <= {0.25, 0.5}
+    ds, gaps = make_toy2d(2000, seed=1), []
+    for weight in (0.0, 1.0):
+        out = tmp_path / f"c{weight}"
+        train.main(["--concept", "horizontal", "--max_iters", "150", "--contrast", str(weight), "--out_dir", str(out)])
+        net, _ = load_checkpoint(str(out / "horizontal.pt"))
+        own = ds.labels["horizontal"]
+        with torch.no_grad():
+            gap = net(ds.x, 1 - own) - net(ds.x, own)  # (N,): other value's energy minus its own
+        gaps.append(gap.median().item())
+        assert (gap > 0).float().mean() > 0.9, (weight, (gap > 0).float().mean())
+    assert gaps[1] > 1.5 * gaps[0], gaps
+
+
 def test_divergence_rolls_back_to_the_last_checkpoint(tmp_path):
     """When E+ - E- falls below -diverge_gap, the run goes back to its last checkpoint at half the
     learning rate, and after three rollbacks it stops with that checkpoint's weights."""

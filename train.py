@@ -20,6 +20,7 @@ import time
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from compose import format_table, load_concepts, sampling_settings, save_image_grid, toy2d_report
@@ -58,6 +59,7 @@ class Config:
     l2: float = 0.05
     ema: float = 0.0  # > 0: also keep an exponential moving average of the weights, used for sampling afterwards
     diverge_gap: float = 0.0  # > 0: when mean E+ - E- over a log interval falls below -diverge_gap, roll back
+    contrast: float = 0.0  # > 0: also push E(x+ | c+) below E(x+ | c') on the data, by this weight (other_labels)
     # Langevin in training (paper eq. 3)
     steps: int = 20
     step_size: float = 0.01
@@ -308,6 +310,16 @@ def read_stats(stats, seen, world):
     return means
 
 
+def other_labels(c, c_data, n_values):
+    """Labels (B, ...) unlike c (B, ...), for --contrast: a discrete value is moved to one of the others at random,
+    a continuous one replaced by the label of a random data point. CD alone only asks E(. | c) to tell data from
+    its samples; this term also asks it to tell the data of c from the same images under another label (a
+    logistic loss, as in conditional EBMs that ignore their condition), which sets how much c weighs in a sum."""
+    if not n_values:  # a continuous family
+        return c_data[torch.randint(len(c_data), (len(c),), device=c.device)]
+    return (c + torch.randint(1, n_values, c.shape, device=c.device)) % n_values
+
+
 ROLLBACKS = 3  # a run that diverges more often than this stops, keeping its last good checkpoint
 
 
@@ -364,6 +376,7 @@ def train_concept(cfg, ds, family, device, iters_after=0):
     frozen_energy = load_frozen(cfg, ds, family, device)  # (x (B, ...), data indices (B,)) -> (B,); 0 without it
     if cfg.annealed_share > 0 and family in ds.ranges:
         raise ValueError(f"--annealed_share needs a discrete family; {family} is continuous")
+    n_values = 0 if family in ds.ranges else len(ds.concepts[family])  # for --contrast
     by_value = [torch.nonzero(c_data == v).squeeze(1) for v in range(len(ds.concepts[family]))] \
         if cfg.annealed_share > 0 else []  # the data indices of each value
     run = {"step": 0, "elapsed": 0.0, "family": family, "horizon": cfg.lr_horizon or cfg.max_iters, "lr_scale": 1.0,
@@ -388,11 +401,14 @@ def train_concept(cfg, ds, family, device, iters_after=0):
         annealed = cfg.annealed_share > 0 and run["step"] >= (1 - cfg.annealed_share) * run["horizon"]  # late
         x_neg, i_neg = draw_negatives(cfg, ds, buffer, lambda x, i: raw(x, c_data[i]) + frozen_energy(x, i),
                                       idx, by_value, annealed, device)  # 2. (B, ...), (B,)
-        # 3. one forward for both halves (DDP wants one forward per backward); frozen parts carry no gradient
-        e_pos, e_neg = net(torch.cat([x_pos, x_neg]), torch.cat([c_data[idx], c_data[i_neg]])).split(
-            [len(idx), len(i_neg)])  # (B,) and (B,), or (V B,) when annealed
+        # 3. one forward for all parts (DDP wants one forward per backward); frozen parts carry no gradient
+        c_off = other_labels(c_data[idx], c_data, n_values) if cfg.contrast else c_data[idx][:0]
+        e_pos, e_neg, e_off = net(torch.cat([x_pos, x_neg, x_pos[:len(c_off)]]),
+                                  torch.cat([c_data[idx], c_data[i_neg], c_off])).split(
+            [len(idx), len(i_neg), len(c_off)])  # (B,), (B,) or (V B,) when annealed, and (B,) or (0,)
+        loss = e_pos.mean() - e_neg.mean() + cfg.contrast * F.softplus(e_pos[:len(e_off)] - e_off).sum() / len(idx)
         e_pos, e_neg = e_pos + frozen_energy(x_pos, idx), e_neg + frozen_energy(x_neg, i_neg)
-        loss = e_pos.mean() - e_neg.mean() + cfg.l2 * (e_pos.pow(2).mean() + e_neg.pow(2).mean())
+        loss = loss + cfg.l2 * (e_pos.pow(2).mean() + e_neg.pow(2).mean())
         opt.zero_grad(set_to_none=True)
         loss.backward()
         for group in opt.param_groups:
