@@ -9,6 +9,8 @@ Each operator takes energy functions x (B, ...) -> (B,) and returns one, so they
 The negation is BOUNDED: a trained energy grows without limit away from its data, so the paper's
 E_a - alpha * E_b would pay chains for leaving the data altogether. Clamped at m_b (the typical energy of b
 on its data, plus NEG_MARGIN), ~b only removes b from a: p(x | a, not b) ~ p(x | a) * sigmoid(E_b - m_b)^alpha.
+The margin and the softplus's width are in units of b's own scale, its spread: how much higher b's energy
+is on the other values' data than on its own (measured by train.py; NEG_SPREAD where a checkpoint lacks it).
 
 From Python:
     concepts = load_concepts("out-toy2d")              # name -> Concept
@@ -37,6 +39,10 @@ from sampler import log_partition, sample, sample_chains
 
 NEG_ALPHA = 3.0  # weight of a negated concept: nats per nat of E_b below m_b
 NEG_MARGIN = 5.0  # m_b = typical energy of b on its data + NEG_MARGIN: exp(-NEG_MARGIN) as likely counts as "not b"
+# ... for a model whose energy is NEG_SPREAD higher on other data than on its own (toy2d's models: 9-13 nats).
+# Image models trained at a cold temperature keep energies near 0 (spreads of 0.004-0.2): margin and width scale
+# with the spread, so that "not b" means halfway from b to the rest in every model's own units.
+NEG_SPREAD = 10.0
 
 
 class Energy:
@@ -56,9 +62,10 @@ class Concept(Energy):
     """One value of one trained concept model: E(x | c) as a function of x.
     `value` is a value index (discrete) or a list of numbers (continuous, e.g. a position)."""
 
-    def __init__(self, model, family, value, name, data_energy=0.0):
+    def __init__(self, model, family, value, name, data_energy=0.0, spread=NEG_SPREAD):
         self.model, self.family, self.value, self.name = model, family, value, name
         self.data_energy = data_energy  # mean E(x | c) over the concept's training data
+        self.spread = spread  # mean E(x | c) over the other values' data, minus data_energy
 
     def __call__(self, x):
         c = torch.tensor(self.value, device=x.device)  # () or (d,): one concept for the whole batch
@@ -72,9 +79,9 @@ class Family:
     """A continuous concept family (`size`, `position`): `size=0.6` or `position=(0.5,-0.3)` picks a Concept
     of it. Two positions in one conjunction ask for two objects (paper Figure 5)."""
 
-    def __init__(self, model, name, components, low, high, data_energy=0.0):
+    def __init__(self, model, name, components, low, high, data_energy=0.0, spread=NEG_SPREAD):
         self.model, self.name, self.components = model, name, components
-        self.low, self.high, self.data_energy = low, high, data_energy
+        self.low, self.high, self.data_energy, self.spread = low, high, data_energy, spread
 
     def at(self, numbers):
         """The concept `name=numbers`; a wrong count or a number out of range is a ValueError."""
@@ -85,7 +92,7 @@ class Family:
                              f"({', '.join(self.components)})")
         if not all(self.low <= v <= self.high for v in numbers):
             raise ValueError(f"{shown} is out of range: {self.name} takes values in [{self.low:g}, {self.high:g}]")
-        return Concept(self.model, self.name, [float(v) for v in numbers], shown, self.data_energy)
+        return Concept(self.model, self.name, [float(v) for v in numbers], shown, self.data_energy, self.spread)
 
     def __repr__(self):
         return self.name
@@ -99,8 +106,9 @@ class Not(Energy):
         self.data_energy = None  # "typical energy" of a negation is not defined
 
     def penalty(self, x):
-        threshold = self.inner.data_energy + self.margin  # m_b
-        return self.alpha * F.softplus(threshold - self.inner(x))  # (B,) >= 0, flat far from b
+        unit = max(self.inner.spread, 1e-6) / NEG_SPREAD  # b's scale against the one NEG_MARGIN is set for
+        threshold = self.inner.data_energy + self.margin * unit  # m_b
+        return self.alpha * unit * F.softplus((threshold - self.inner(x)) / unit)  # (B,) >= 0, flat far from b
 
     def ungrounded(self):
         return ValueError(f"negation {self!r} has nothing positive to ground it; "
@@ -119,7 +127,9 @@ class And(Energy):
         self.terms = [u for t in terms for u in (t.terms if isinstance(t, And) else [t])]
         if all(isinstance(t, Not) for t in self.terms):
             raise ValueError(f"conjunction {self!r} has nothing positive to ground its negations")
-        self.data_energy = sum(t.data_energy for t in self.terms if not isinstance(t, Not))
+        positive = [t for t in self.terms if not isinstance(t, Not)]
+        self.data_energy = sum(t.data_energy for t in positive)
+        self.spread = sum(t.spread for t in positive) / len(positive)
 
     def __call__(self, x):
         return sum(t.penalty(x) if isinstance(t, Not) else t(x) for t in self.terms)  # (B,)
@@ -139,6 +149,7 @@ class Or(Energy):
             if isinstance(t, Not):
                 raise ValueError(f"disjunct {t!r} is a negation with nothing positive to ground it")
         self.data_energy = min(t.data_energy for t in self.terms)
+        self.spread = sum(t.spread for t in self.terms) / len(self.terms)
 
     def __call__(self, x):
         T = self.temperature
@@ -259,10 +270,13 @@ def load_concepts(ckpt_dir, device="cpu"):
         if data != first[1]:
             raise ValueError(f"{path} was trained on {data[0]} {data[1]} but {first[0]} on "
                              f"{first[1][0]} {first[1][1]}: one folder must hold models of one dataset and size")
+        # older checkpoints hold no energies on the other values' data: the spread NEG_MARGIN was set for
+        spreads = [o - e for o, e in zip(ckpt["other_energy"], energies)] if "other_energy" in ckpt else \
+            [NEG_SPREAD] * len(energies)
         if ckpt["encoding"] == "numbers":
-            names = {family: Family(net, family, values, *ckpt["range"], energies[0])}
+            names = {family: Family(net, family, values, *ckpt["range"], energies[0], spreads[0])}
         else:
-            names = {name: Concept(net, family, i, name, energies[i]) for i, name in enumerate(values)}
+            names = {name: Concept(net, family, i, name, energies[i], spreads[i]) for i, name in enumerate(values)}
         for name, concept in names.items():
             if name in concepts:
                 raise ValueError(f"concept {name!r} is provided by two checkpoints in {ckpt_dir}")

@@ -153,6 +153,21 @@ def test_operators_match_hand_computed_energies_and_gradients():
     assert torch.all((~b).penalty(far) >= 0) and torch.all((~b).penalty(far) < 1e-6)
 
 
+def test_negation_works_in_each_models_own_energy_scale(tiny_run):
+    """The negation's margin and softplus width are in units of b's spread (its energy on other values' data
+    minus on its own): a model k times colder in scale gets a negation k times smaller, of the same shape,
+    switched off at the same place. train.py records both typical energies in every checkpoint."""
+    a, b = analytic_concepts()
+    cold = Concept(lambda x, c: 0.01 * 3 * x[:, 0], "f", 1, "b", data_energy=0.01 * 0.5, spread=0.01 * b.spread)
+    x = torch.linspace(-3, 6, 40)[:, None].repeat(1, 2)  # (40, 2): E_b from -9 to 18
+    assert torch.allclose((~cold).penalty(x), 0.01 * (~b).penalty(x), atol=1e-7)
+    assert (~cold).penalty(x)[-1] < 1e-4 * (~cold).penalty(x)[0]  # flat far from b, in its units too
+    ckpt = torch.load(os.path.join(tiny_run, "ring.pt"), weights_only=True)
+    assert len(ckpt["other_energy"]) == 2 and all(o > e for o, e in zip(ckpt["other_energy"], ckpt["data_energy"]))
+    ring = compose.load_concepts(tiny_run)["inner"]
+    assert ring.spread == pytest.approx(ckpt["other_energy"][0] - ckpt["data_energy"][0])
+
+
 def test_parser_structure_and_precedence():
     cs = toy_concepts()
     e = parse("inner | (bottom & left)", cs)

@@ -185,13 +185,23 @@ def learning_rate(cfg, step, horizon, scale=1.0):
     return scale * cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * decay)
 
 
-def typical_data_energy(net, ds, c_data, family, device):
-    """The mean energy of each value on (up to 1024 of) its data (continuous: one, over all the data), against
-    which compose.py's negation measures 'unlike b'."""
-    with torch.no_grad():
-        groups = [torch.arange(min(1024, len(ds)))] if family in ds.ranges else \
-            [torch.nonzero(c_data == v).squeeze(1)[:1024] for v in range(len(ds.concepts[family]))]
-        return [torch.cat([net(ds.batch(i, device), c_data[i]) for i in g.split(256)]).mean().item() for g in groups]
+def typical_energies(net, ds, c_data, family, device):
+    """The mean energy of each value on (up to 1024 of) its own data, and on the data of the other values
+    (continuous: one of each, over the data under its own labels and under a neighbour's). compose.py's
+    negation measures 'unlike b' between the two, in the model's own energy scale."""
+    n = min(1024, len(ds))
+    if family in ds.ranges:
+        i = torch.arange(n)
+        on, off = [(i, c_data[i])], [(i, c_data[(i + 1) % len(ds)])]  # (n,) indices, (n, d) labels
+    else:
+        values = range(len(ds.concepts[family]))
+        own = [torch.nonzero(c_data == v).squeeze(1)[:n] for v in values]  # data indices of each value
+        others = [torch.nonzero(c_data != v).squeeze(1)[:n] for v in values]  # and of every other value
+        on = [(i, torch.full((len(i),), v, device=device)) for v, i in zip(values, own)]
+        off = [(i, torch.full((len(i),), v, device=device)) for v, i in zip(values, others)]
+    with torch.no_grad():  # E(x_i | c) in chunks, averaged
+        return [[torch.cat([net(ds.batch(j, device), cj) for j, cj in zip(i.split(256), c.split(256))]).mean().item()
+                 for i, c in pairs] for pairs in (on, off)]
 
 
 def check_same_data(ckpt, cfg, ds, what):
@@ -243,14 +253,15 @@ def run_config(cfg, ds):
 def save_run(path, cfg, ds, family, run, raw, ema, opt, buffer, c_data):
     """Write the run atomically; with --snapshots also its weights alone in <out_dir>/snapshots/ (for
     `python bench.py --curve DIR`: quality against training time; they resume too)."""
-    data_energy = typical_data_energy((ema if ema is not None else raw).eval(), ds, c_data, family, c_data.device)
+    data_energy, other_energy = typical_energies((ema if ema is not None else raw).eval(), ds, c_data, family,
+                                                 c_data.device)
     raw.train()
     ckpt = {"model": raw.state_dict(), **({"ema": ema.state_dict()} if ema is not None else {}),
             "model_args": model_args(raw), "family": family, "values": list(ds.concepts[family]),
             "encoding": "numbers" if family in ds.ranges else "index", "range": list(ds.ranges.get(family, ())),
-            "data_energy": data_energy, "step": run["step"], "elapsed": time.time() - run["started"],
-            "chains": "data_index", "lr_horizon": run["horizon"], "lr_scale": run["lr_scale"],
-            "rollbacks": run["rollbacks"], "config": run_config(cfg, ds)}
+            "data_energy": data_energy, "other_energy": other_energy, "step": run["step"],
+            "elapsed": time.time() - run["started"], "chains": "data_index", "lr_horizon": run["horizon"],
+            "lr_scale": run["lr_scale"], "rollbacks": run["rollbacks"], "config": run_config(cfg, ds)}
     heavy = {"optimizer": opt.state_dict(), "buffer": buffer.state_dict(), "rng": torch.get_rng_state(),
              **({"cuda_rng": torch.cuda.get_rng_state()} if torch.cuda.is_available() else {})}
     save_checkpoint({**ckpt, **heavy}, path)
