@@ -377,6 +377,7 @@ def train_concept(cfg, ds, family, device, iters_after=0):
          annealed late in the run (draw_negatives)
       3. loss = mean E(x+|c+) - mean E(x-|c-) + l2 * (mean E(x+)^2 + mean E(x-)^2) (Du & Mordatch 2019):
          data energies down, sample energies up; the l2 term keeps them from drifting off zero.
+         With --contrast W, also W * mean softplus(E(x+|c+) - E(x+|c')), c' another label (other_labels).
     With --frozen, E is the sum of the new model and the frozen ones (load_frozen). iters_after: the
     iterations queued after it, for the ETA. Under torchrun every process runs this; rank 0 logs and writes."""
     path = os.path.join(cfg.out_dir, f"{family}.pt")
@@ -417,9 +418,9 @@ def train_concept(cfg, ds, family, device, iters_after=0):
         e_pos, e_neg, e_off = net(torch.cat([x_pos, x_neg, x_pos[:len(c_off)]]),
                                   torch.cat([c_data[idx], c_data[i_neg], c_off])).split(
             [len(idx), len(i_neg), len(c_off)])  # (B,), (B,) or (V B,) when annealed, and (B,) or (0,)
-        loss = e_pos.mean() - e_neg.mean() + cfg.contrast * F.softplus(e_pos[:len(e_off)] - e_off).sum() / len(idx)
+        contrast = cfg.contrast * F.softplus(e_pos[:len(e_off)] - e_off).sum() / len(idx)  # 0 without --contrast
         e_pos, e_neg = e_pos + frozen_energy(x_pos, idx), e_neg + frozen_energy(x_neg, i_neg)
-        loss = loss + cfg.l2 * (e_pos.pow(2).mean() + e_neg.pow(2).mean())
+        loss = e_pos.mean() - e_neg.mean() + cfg.l2 * (e_pos.pow(2).mean() + e_neg.pow(2).mean()) + contrast
         opt.zero_grad(set_to_none=True)
         loss.backward()
         for group in opt.param_groups:
