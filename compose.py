@@ -40,7 +40,7 @@ from sampler import log_partition, sample, sample_chains
 NEG_ALPHA = 3.0  # weight of a negated concept: nats per nat of E_b below m_b
 NEG_MARGIN = 5.0  # m_b = typical energy of b on its data + NEG_MARGIN: exp(-NEG_MARGIN) as likely counts as "not b"
 # ... for a model whose energy is NEG_SPREAD higher on other data than on its own (toy2d's models: 9-13 nats).
-# Image models trained at a cold temperature keep energies near 0 (spreads of 0.004-0.2): margin and width scale
+# Image models trained at a cold temperature keep energies near 0 (spreads of 0.006-0.24): margin and width scale
 # with the spread, so that "not b" means halfway from b to the rest in every model's own units.
 NEG_SPREAD = 10.0
 
@@ -188,6 +188,7 @@ class Parser:
 
     def __init__(self, text, concepts):
         self.text, self.concepts, self.pos, self.tokens = text, concepts, 0, []
+        self.by_name = {k.lower(): v for k, v in concepts.items()}
         for m in TOKEN.finditer(text.rstrip()):
             number, name, op = m.groups()
             col = m.start(m.lastindex)
@@ -231,7 +232,7 @@ class Parser:
             self.take(")", "')', '&' or '|'")
             return inner
         name = self.take("name", "a concept name, '(' or '~'")
-        found = {k.lower(): v for k, v in self.concepts.items()}.get(name.lower())
+        found = self.by_name.get(name.lower())
         if found is None:
             known = ", ".join(f"{k}=..." if isinstance(v, Family) else k for k, v in sorted(self.concepts.items()))
             raise ValueError(f"unknown concept {name!r}; known concepts: {known}")

@@ -414,11 +414,11 @@ def train_concept(cfg, ds, family, device, iters_after=0):
         x_neg, i_neg = draw_negatives(cfg, ds, buffer, lambda x, i: raw(x, c_data[i]) + frozen_energy(x, i),
                                       idx, by_value, annealed, device)  # 2. (B, ...), (B,)
         # 3. one forward for all parts (DDP wants one forward per backward); frozen parts carry no gradient
-        c_off = other_labels(c_data[idx], c_data, n_values) if cfg.contrast else c_data[idx][:0]
-        e_pos, e_neg, e_off = net(torch.cat([x_pos, x_neg, x_pos[:len(c_off)]]),
-                                  torch.cat([c_data[idx], c_data[i_neg], c_off])).split(
-            [len(idx), len(i_neg), len(c_off)])  # (B,), (B,) or (V B,) when annealed, and (B,) or (0,)
-        contrast = cfg.contrast * F.softplus(e_pos[:len(e_off)] - e_off).sum() / len(idx)  # 0 without --contrast
+        parts = [(x_pos, c_data[idx]), (x_neg, c_data[i_neg])]  # with --contrast, also x+ under other labels
+        parts += [(x_pos, other_labels(c_data[idx], c_data, n_values))] if cfg.contrast else []
+        e_pos, e_neg, *e_off = net(torch.cat([x for x, _ in parts]), torch.cat([c for _, c in parts])).split(
+            [len(x) for x, _ in parts])  # (B,), (B,) or (V B,) when annealed, and [(B,)] with --contrast
+        contrast = cfg.contrast * F.softplus(e_pos - e_off[0]).mean() if cfg.contrast else 0.0
         e_pos, e_neg = e_pos + frozen_energy(x_pos, idx), e_neg + frozen_energy(x_neg, i_neg)
         loss = e_pos.mean() - e_neg.mean() + cfg.l2 * (e_pos.pow(2).mean() + e_neg.pow(2).mean()) + contrast
         opt.zero_grad(set_to_none=True)
