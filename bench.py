@@ -29,7 +29,7 @@ import time
 import torch
 
 from compose import (TOY2D_SUITE, Concept, image_grid, load_concepts, parse, pyplot, sample, sampling_settings,
-                     toy2d_quality, toy2d_table)
+                     toy2d_quality, toy2d_table, weigh_disjunctions)
 from data import TOY2D_FAMILIES, TOY2D_STD, Dataset, load_dataset, toy2d_modes
 from infer import blobs, load_judge, predict, reads_as, score, shows_objects
 from model import IMAGE_PRESETS, build_model, load_checkpoint
@@ -277,7 +277,7 @@ def bench_shapes(ckpt_dir, n=256, figure="assets/shapes_compose.png", steps=None
     for text in suite:
         t0 = time.time()
         expr = parse(text, concepts)
-        x = sample(expr, n, settings, seed=0)
+        x = sample(expr, n, weigh_disjunctions(expr, settings), seed=0)  # disjunctions at the sampler temperature
         acc, _ = score(expr, x, judge)
         base, _ = score(expr, noise, judge)
         goal = target or (0.8 if text.count("position") == 2 else SHAPES_TARGETS[n_concepts(text)])

@@ -3,7 +3,7 @@
 Each operator takes energy functions x (B, ...) -> (B,) and returns one, so they nest (paper section 2.2):
 
     a & b   conjunction   E_a + E_b                              (product of experts, eq. 4)
-    a | b   disjunction   -T * logsumexp(-E_a/T, -E_b/T)         (mixture, eq. 7; T = 1 is the paper's)
+    a | b   disjunction   -T * logsumexp(-E_a/T, -E_b/T)         (mixture, eq. 7, at the sampler's temperature T)
     a & ~b  negation      E_a + alpha * softplus(m_b - E_b)      (eq. 9 with E_b clamped), grounded by a
 
 The negation is BOUNDED: a trained energy grows without limit away from its data, so the paper's
@@ -35,7 +35,7 @@ import torch.nn.functional as F
 
 from data import TOY2D_FAMILIES, TOY2D_STD, toy2d_modes
 from model import load_checkpoint
-from sampler import log_partition, sample, sample_chains
+from sampler import log_partition, sample, sample_chains, temperature
 
 NEG_ALPHA = 3.0  # weight of a negated concept: nats per nat of E_b below m_b
 NEG_MARGIN = 5.0  # m_b = typical energy of b on its data + NEG_MARGIN: exp(-NEG_MARGIN) as likely counts as "not b"
@@ -139,8 +139,9 @@ class And(Energy):
 
 
 class Or(Energy):
-    """a | b: the mixture of the terms' distributions. Eq. 7 weighs each term by its partition function Z;
-    with log_z set (balance()), -logsumexp(-E_a - log Z_a, -E_b - log Z_b) is the equal-weight mixture."""
+    """a | b: the mixture of the terms' distributions exp(-E/T), T the temperature they are sampled at (set by
+    weigh_disjunctions; 1 is the paper's eq. 7). Eq. 7 weighs each term by its partition function Z; with
+    log_z set (balance()), -T logsumexp(-E_a/T - log Z_a, -E_b/T - log Z_b) is the equal-weight mixture."""
 
     def __init__(self, terms, temperature=1.0, log_z=None):
         self.terms = [u for t in terms for u in (t.terms if isinstance(t, Or) else [t])]
@@ -153,10 +154,10 @@ class Or(Energy):
 
     def __call__(self, x):
         T = self.temperature
-        e = torch.stack([t(x) for t in self.terms])  # (n_terms, B)
+        z = -torch.stack([t(x) for t in self.terms]) / T  # (n_terms, B) log-densities, unnormalised
         if self.log_z is not None:
-            e = e + torch.tensor(self.log_z, device=x.device)[:, None]
-        return -T * torch.logsumexp(-e / T, dim=0)  # (B,)
+            z = z - torch.tensor(self.log_z, device=x.device)[:, None]
+        return -T * torch.logsumexp(z, dim=0)  # (B,)
 
     def __repr__(self):
         return "(" + " | ".join(map(repr, self.terms)) + ")"
@@ -314,10 +315,16 @@ def balance(expr, settings):
 
 
 def weigh_disjunctions(expr, settings, plain_or=False):
-    """The sampler settings for `expr`. On 2D data, where log Z is exact and cheap (quadrature), its disjunctions
-    are balanced (in place) and sampled with MALA, whose Metropolis test keeps the weights that plain Langevin
-    blurs; images ask for it with --balance (AIS: slow, noisy). An explicit method in settings is kept."""
-    if plain_or or tuple(settings["x_shape"]) != (2,) or not any(isinstance(e, Or) for e in parts(expr)):
+    """The sampler settings for `expr`, whose disjunctions it sets (in place) to mix at the sampler's temperature:
+    1 on 2D data, about 1e-6 for the cold image sampler, where a mixture at T = 1 of energies 0.05 apart would
+    be their mean (a red | blue chain follows the average gradient, to a dark blob). On 2D data, where log Z
+    is exact and cheap (quadrature), the disjunctions are also balanced and sampled with MALA, whose Metropolis
+    test keeps the weights that plain Langevin blurs; images ask for it with --balance (AIS: slow, noisy).
+    An explicit method in settings is kept. plain_or: eq. 7 as printed (T = 1, unbalanced, the same sampler)."""
+    ors = [e for e in parts(expr) if isinstance(e, Or)]
+    for e in ors:
+        e.temperature = 1.0 if plain_or else temperature(settings["step_size"], settings["noise_scale"])
+    if plain_or or tuple(settings["x_shape"]) != (2,) or not ors:
         return settings
     balance(expr, settings)
     return {"method": "mala", **settings}

@@ -44,6 +44,13 @@ def langevin(energy, x, n_steps, step_size, noise_scale=None, clamp=None, grad_c
     return run_chains(energy, x, n_steps, step_size, noise_scale, clamp=clamp, grad_clip=grad_clip).x
 
 
+def temperature(step_size, noise_scale=None):
+    """The temperature T that Langevin steps x - step_size / 2 * grad E + noise_scale * N(0, 1) sample
+    exp(-E / T) at: 1 with the default noise sqrt(step_size) (eq. 3); about 1e-6 for the image models' cold
+    sampler (step 20, noise 0.005), as in the released code."""
+    return 1.0 if noise_scale is None else noise_scale ** 2 / step_size
+
+
 def uniform_in_box(shape, data_range, device="cpu", generator=None):
     """Points of `shape` uniform in the data box [lo, hi] (data_range = (lo, hi)): where chains
     start when they start from noise."""
@@ -107,7 +114,7 @@ def run_chains(energy, x, n_steps, step_size, noise_scale=None, anneal=1.0, resa
                          f"last two), got {method!r}, leapfrog {leapfrog}, noise_scale {noise_scale}")
     if len(x) % groups:
         raise ValueError(f"{len(x)} chains cannot form {groups} equal groups")
-    tau = noise_scale ** 2 / step_size  # the temperature the step samples at (before annealing)
+    tau = temperature(step_size, noise_scale)  # before annealing
     n_moves = n_steps // (leapfrog if method == "hmc" else 1)  # HMC: leapfrog gradients per move
     # temperatures T_k from `anneal` down to 1, geometrically
     temps = [anneal ** (1 - k / max(n_moves - 1, 1)) for k in range(n_moves)]
@@ -162,7 +169,7 @@ def sample(energy, n, settings, seed=0, device="cpu"):
 
 
 def log_partition(energy, settings, n=512, seed=0, ais=None):
-    """log Z = log of the integral of exp(-E) over the data box. For 2D data a quadrature on
+    """log Z = log of the integral of exp(-E / T) over the data box, T the settings' temperature. For 2D data a quadrature on
     a 600x600 grid (exact to the plotting eye); otherwise (or with ais=True) annealed
     importance sampling with n chains of MALA from uniform noise: unbiased in Z."""
     lo, hi = settings["data_range"]
@@ -171,7 +178,8 @@ def log_partition(energy, settings, n=512, seed=0, ais=None):
         grid = torch.stack(torch.meshgrid(g, g, indexing="xy"), -1).reshape(-1, 2)  # (360000, 2)
         with torch.no_grad():
             e = torch.cat([energy(chunk) for chunk in grid.split(40_000)])
-        return (torch.logsumexp(-e, 0) + 2 * math.log(g[1] - g[0])).item()
+        tau = temperature(settings["step_size"], settings.get("noise_scale"))  # 1 for the 2D models
+        return (torch.logsumexp(-e / tau, 0) + 2 * math.log(g[1] - g[0])).item()
     s = dict(settings, method="mala", anneal=max(settings["anneal"], 20.0), resample=True)
     return sample_chains(energy, n, s, seed=seed).log_z
 

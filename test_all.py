@@ -168,6 +168,24 @@ def test_negation_works_in_each_models_own_energy_scale(tiny_run):
     assert ring.spread == pytest.approx(ckpt["other_energy"][0] - ckpt["data_energy"][0])
 
 
+def test_disjunction_mixes_at_the_samplers_temperature():
+    """Image models are sampled cold (T = noise^2 / step, about 1e-6) and their energies lie within 0.1 of each
+    other: eq. 7 at T = 1 is then the mean of the two energies, whose chains stop halfway between the wells.
+    At the sampler's temperature (weigh_disjunctions) every chain ends in one well or the other."""
+    wells = torch.tensor([[0.2] * 3, [0.8] * 3])  # (2, 3): a's and b's data, in the box [0, 1]^3
+    fn = lambda x, c: 0.01 * (x - wells[c]).pow(2).sum(1)  # noqa: E731  energies of 0.01 at most
+    a, b = Concept(fn, "f", 0, "a"), Concept(fn, "f", 1, "b")
+    config = {"eval_steps": 200, "step_size": 20.0, "noise_scale": 0.005, "eval_anneal": 1.0, "grad_clip": None,
+              "data_range": [0.0, 1.0], "x_shape": [3]}
+
+    def in_a_well(plain_or):
+        expr, settings = a | b, compose.sampling_settings(config)
+        x = compose.sample(expr, 256, compose.weigh_disjunctions(expr, settings, plain_or))  # (256, 3)
+        return ((x[:, None] - wells).norm(dim=2).min(1).values < 0.05).float().mean().item()
+
+    assert in_a_well(plain_or=False) > 0.95 and in_a_well(plain_or=True) < 0.05
+
+
 def test_parser_structure_and_precedence():
     cs = toy_concepts()
     e = parse("inner | (bottom & left)", cs)
