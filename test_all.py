@@ -518,6 +518,17 @@ def test_divergence_rolls_back_to_the_last_checkpoint(tmp_path):
     ckpt = torch.load(os.path.join(out, "vertical.pt"), weights_only=True)
     assert ckpt["step"] < 200 and ckpt["rollbacks"] <= 3
 
+def test_data_noise_perturbs_the_data_batch_within_the_box():
+    """--data_noise adds Gaussian noise of that std to each data batch (train.data_batch), inside the data box."""
+    ds = load_dataset("toy2d", n=4000, seed=0)
+    idx = torch.arange(4000)
+    clean = train.data_batch(train.parse_config([]), ds, idx, "cpu")
+    noisy = train.data_batch(train.parse_config(["--data_noise", "0.05"]), ds, idx, "cpu")
+    assert torch.equal(clean, ds.x) and (noisy - clean).std().item() == pytest.approx(0.05, rel=0.05)
+    lo, hi = ds.data_range
+    assert noisy.min() >= lo and noisy.max() <= hi
+
+
 # ---------------------------------------------------------------- shapes (images)
 
 SHAPES_DIR = os.path.join(HERE, "checkpoints", "shapes")

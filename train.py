@@ -60,6 +60,7 @@ class Config:
     ema: float = 0.0  # > 0: also keep an exponential moving average of the weights, used for sampling afterwards
     diverge_gap: float = 0.0  # > 0: when mean E+ - E- over a log interval falls below -diverge_gap, roll back
     contrast: float = 0.0  # > 0: also push E(x+ | c+) below E(x+ | c') on the data, by this weight (other_labels)
+    data_noise: float = 0.0  # std of Gaussian noise on each data batch, so that noise tells no data from samples
     # Langevin in training (paper eq. 3)
     steps: int = 20
     step_size: float = 0.01
@@ -370,6 +371,14 @@ def take_stock(cfg, ds, path, run, state, c_data, means, chains, log, iters_afte
     return run
 
 
+def data_batch(cfg, ds, idx, device):
+    """Step 1: the data x+ (B, ...) at indices idx (B,); with --data_noise, plus Gaussian noise of that std. Image
+    chains end on a step that adds noise (std 0.005): a model can tell smooth renders from such samples by that
+    alone, and drive its data's energy away from theirs, which the chains cannot follow (the run-away)."""
+    x = ds.batch(idx, device)
+    return (x + cfg.data_noise * torch.randn_like(x)).clamp(*ds.data_range) if cfg.data_noise else x
+
+
 def train_concept(cfg, ds, family, device, iters_after=0):
     """Train one concept model on `family`. Each iteration:
       1. x+ (B, ...), c+ (B,): a batch of data and its labels in the family
@@ -409,7 +418,7 @@ def train_concept(cfg, ds, family, device, iters_after=0):
     run.update(started=time.time() - run["elapsed"], since=(time.time(), run["step"]))  # clocks: time spent, speed
     while run["step"] < cfg.max_iters:
         idx = torch.randint(len(ds), (cfg.batch_size,), device=device)
-        x_pos = ds.batch(idx, device)  # 1. (B, ...)
+        x_pos = data_batch(cfg, ds, idx, device)  # 1. (B, ...)
         annealed = cfg.annealed_share > 0 and run["step"] >= (1 - cfg.annealed_share) * run["horizon"]  # late
         x_neg, i_neg = draw_negatives(cfg, ds, buffer, lambda x, i: raw(x, c_data[i]) + frozen_energy(x, i),
                                       idx, by_value, annealed, device)  # 2. (B, ...), (B,)
