@@ -29,7 +29,7 @@ import time
 import torch
 
 from compose import (TOY2D_SUITE, Concept, image_grid, load_concepts, parse, pyplot, sample, sampling_settings,
-                     toy2d_quality, toy2d_table, weigh_disjunctions)
+                     toy2d_quality, toy2d_table, settings_for)
 from data import TOY2D_FAMILIES, TOY2D_STD, Dataset, load_dataset, toy2d_modes
 from infer import blobs, load_judge, predict, reads_as, score, shows_objects
 from model import IMAGE_PRESETS, build_model, load_checkpoint
@@ -265,19 +265,21 @@ def n_concepts(text):
     return len(re.findall(r"[A-Za-z_]+", text))
 
 
-def bench_shapes(ckpt_dir, n=256, figure="assets/shapes_compose.png", steps=None, suite=SHAPES_SUITE, target=None):
+def bench_shapes(ckpt_dir, n=256, figure="assets/shapes_compose.png", steps=None, suite=SHAPES_SUITE, target=None,
+                 step_size=None):
     """Sample every expression of `suite`, judge it, print the table, draw 8 samples per row.
     target: one accuracy target for every row (default: SHAPES_TARGETS, by number of concepts)."""
     concepts = load_concepts(ckpt_dir)
-    settings = sampling_settings(next(iter(concepts.values())).config, steps=steps)
+    settings = sampling_settings(next(iter(concepts.values())).config, steps=steps, step_size=step_size)
     judge, _ = load_judge()
     noise = torch.rand(n, *settings["x_shape"], generator=torch.Generator().manual_seed(0))
     rows, pictures = [], []
-    print(f"{'expression':<48} {'accuracy':>8} {'noise':>6}  target   ({n} samples, {settings['steps']} steps)")
+    print(f"{'expression':<48} {'accuracy':>8} {'noise':>6}  target   ({n} samples, {settings['steps']} steps of "
+          f"{settings['step_size']:g}; K terms: sqrt(K) x the steps, 1 / sqrt(K) x the step)")
     for text in suite:
         t0 = time.time()
         expr = parse(text, concepts)
-        x = sample(expr, n, weigh_disjunctions(expr, settings), seed=0)  # disjunctions at the sampler temperature
+        x = sample(expr, n, settings_for(expr, settings), seed=0)
         acc, _ = score(expr, x, judge)
         base, _ = score(expr, noise, judge)
         goal = target or (0.8 if text.count("position") == 2 else SHAPES_TARGETS[n_concepts(text)])
@@ -299,7 +301,7 @@ def bench_shapes(ckpt_dir, n=256, figure="assets/shapes_compose.png", steps=None
     return rows
 
 
-def bench_curve(out_dir, n=128, steps=None, every=500):
+def bench_curve(out_dir, n=128, steps=None, every=500, step_size=None):
     """Accuracy of each concept model against its training time: each snapshot in
     <out_dir>/snapshots (every `every` iterations) samples n images of values drawn from the
     data. A sample counts where it shows one object and the judge reads the asked value in it;
@@ -315,7 +317,7 @@ def bench_curve(out_dir, n=128, steps=None, every=500):
     for path in paths:
         net, ckpt = load_checkpoint(path)
         fam, cfg = ckpt["family"], ckpt["config"]
-        settings = sampling_settings(cfg, steps=steps)
+        settings = sampling_settings(cfg, steps=steps, step_size=step_size)
         c = labels[fam]  # (n,) or (n, d): one value per chain
         x = sample(lambda x: net(x, c), n, settings, seed=0)  # (n, 3, H, W)
         read, one = reads_as(fam, predict(judge, x), c), shows_objects(x, blobs(x), 1)  # (n,) bool each
@@ -361,6 +363,7 @@ def main():
     ap.add_argument("--curve", metavar="OUT_DIR", help="accuracy against training time of a shapes run")
     ap.add_argument("--every", type=int, default=500, help="--curve: judge every EVERY-th iteration's snapshot")
     ap.add_argument("--steps", type=int, default=None, help="Langevin steps for --shapes / --curve")
+    ap.add_argument("--step_size", type=float, default=None, help="their step size (default: the training one)")
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="the speed table on this device")
     ap.add_argument("--gpu_check", action="store_true", help="everything a GPU machine should check, in one "
                     "command (under 10 minutes on one GPU): the suite, the speed table, resume, NCCL, training")
@@ -380,9 +383,9 @@ def main():
         ap.error(f"--every must be at least 1, got {args.every}")
     os.chdir(os.path.dirname(os.path.abspath(__file__)))
     if args.curve:
-        bench_curve(args.curve, steps=args.steps, every=args.every)
+        bench_curve(args.curve, steps=args.steps, every=args.every, step_size=args.step_size)
     if args.shapes:
-        bench_shapes(args.shapes, steps=args.steps)
+        bench_shapes(args.shapes, steps=args.steps, step_size=args.step_size)
     if args.toy2d or args.gpu_check:
         return bench_toy2d(args.toy2d, args.train_args) if args.toy2d else gpu_check()
     if args.shapes or args.curve:  # image benchmarks only

@@ -140,7 +140,7 @@ class And(Energy):
 
 class Or(Energy):
     """a | b: the mixture of the terms' distributions exp(-E/T), T the temperature they are sampled at (set by
-    weigh_disjunctions; 1 is the paper's eq. 7). Eq. 7 weighs each term by its partition function Z; with
+    settings_for; 1 is the paper's eq. 7). Eq. 7 weighs each term by its partition function Z; with
     log_z set (balance()), -T logsumexp(-E_a/T - log Z_a, -E_b/T - log Z_b) is the equal-weight mixture."""
 
     def __init__(self, terms, temperature=1.0, log_z=None):
@@ -314,17 +314,35 @@ def balance(expr, settings):
     return expr
 
 
-def weigh_disjunctions(expr, settings, plain_or=False):
-    """The sampler settings for `expr`, whose disjunctions it sets (in place) to mix at the sampler's temperature:
-    1 on 2D data, about 1e-6 for the cold image sampler, where a mixture at T = 1 of energies 0.05 apart would
-    be their mean (a red | blue chain follows the average gradient, to a dark blob). On 2D data, where log Z
-    is exact and cheap (quadrature), the disjunctions are also balanced and sampled with MALA, whose Metropolis
-    test keeps the weights that plain Langevin blurs; images ask for it with --balance (AIS: slow, noisy).
-    An explicit method in settings is kept. plain_or: eq. 7 as printed (T = 1, unbalanced, the same sampler)."""
+def n_terms(expr):
+    """How many energies an expression sums: a conjunction its terms', a disjunction its widest term's."""
+    if isinstance(expr, Not):
+        return n_terms(expr.inner)
+    if isinstance(expr, (And, Or)):
+        counts = [n_terms(t) for t in expr.terms]
+        return sum(counts) if isinstance(expr, And) else max(counts)
+    return 1
+
+
+def settings_for(expr, settings, plain_or=False):
+    """The sampler settings for `expr` (sets its disjunctions in place).
+    Disjunctions mix at the sampler's temperature: 1 on 2D data, about 1e-6 for the cold image sampler, where a
+    mixture at T = 1 of energies 0.05 apart would be their mean (a red | blue chain follows the average
+    gradient, to a dark blend). plain_or: eq. 7 as printed (T = 1, unbalanced, the same sampler).
+    On 2D data, where log Z is exact and cheap (quadrature), disjunctions are also balanced and sampled with
+    MALA, whose Metropolis test keeps the weights that plain Langevin blurs; images ask for it with --balance
+    (AIS: slow, noisy). An explicit method in settings is kept.
+    On images, a sum of K energies takes steps sqrt(K) times smaller, sqrt(K) times as many: the cold sampler
+    is a descent, and K gradients that point different ways add up to about sqrt(K) times one, which at the
+    training step overshoots (3-4 concepts drew noisy backgrounds and lost their color)."""
+    image = tuple(settings["x_shape"]) != (2,)
+    if image:
+        k = n_terms(expr) ** 0.5
+        settings = dict(settings, steps=round(settings["steps"] * k), step_size=settings["step_size"] / k)
     ors = [e for e in parts(expr) if isinstance(e, Or)]
     for e in ors:
         e.temperature = 1.0 if plain_or else temperature(settings["step_size"], settings["noise_scale"])
-    if plain_or or tuple(settings["x_shape"]) != (2,) or not ors:
+    if image or plain_or or not ors:
         return settings
     balance(expr, settings)
     return {"method": "mala", **settings}
@@ -388,7 +406,7 @@ def toy2d_table(concepts, settings, n=2000, seed=0, plain_or=False, suite=TOY2D_
     rows, samples = [], []
     for text in suite:
         expr = parse(text, concepts)
-        x = sample(expr, n, weigh_disjunctions(expr, settings, plain_or), seed=seed)
+        x = sample(expr, n, settings_for(expr, settings, plain_or), seed=seed)
         q, perfect = toy2d_quality(x, expr), toy2d_quality(exact_samples(expr, n, seed), expr)
         rows.append((text, q["precision"], q["mode_tv"], perfect["precision"], perfect["mode_tv"]))
         samples.append(x)
@@ -531,7 +549,7 @@ def main(argv=None):
                                  method=args.sampler, leapfrog=args.leapfrog)
     if args.balance and not args.plain_or and not is_toy2d:  # 2D data weighs its disjunctions anyway
         balance(expr, settings)
-    settings = weigh_disjunctions(expr, settings, args.plain_or)
+    settings = settings_for(expr, settings, args.plain_or)
     words = args.expr.replace("~", " not ").replace("&", " and ").replace("|", " or ")
     save = args.save or os.path.join(args.ckpt_dir, re.sub(r"\W+", "_", words).strip("_") + ".npz")
     t0 = time.time()

@@ -171,7 +171,7 @@ def test_negation_works_in_each_models_own_energy_scale(tiny_run):
 def test_disjunction_mixes_at_the_samplers_temperature():
     """Image models are sampled cold (T = noise^2 / step, about 1e-6) and their energies lie within 0.1 of each
     other: eq. 7 at T = 1 is then the mean of the two energies, whose chains stop halfway between the wells.
-    At the sampler's temperature (weigh_disjunctions) every chain ends in one well or the other."""
+    At the sampler's temperature (settings_for) every chain ends in one well or the other."""
     wells = torch.tensor([[0.2] * 3, [0.8] * 3])  # (2, 3): a's and b's data, in the box [0, 1]^3
     fn = lambda x, c: 0.01 * (x - wells[c]).pow(2).sum(1)  # noqa: E731  energies of 0.01 at most
     a, b = Concept(fn, "f", 0, "a"), Concept(fn, "f", 1, "b")
@@ -180,10 +180,23 @@ def test_disjunction_mixes_at_the_samplers_temperature():
 
     def in_a_well(plain_or):
         expr, settings = a | b, compose.sampling_settings(config)
-        x = compose.sample(expr, 256, compose.weigh_disjunctions(expr, settings, plain_or))  # (256, 3)
+        x = compose.sample(expr, 256, compose.settings_for(expr, settings, plain_or))  # (256, 3)
         return ((x[:, None] - wells).norm(dim=2).min(1).values < 0.05).float().mean().item()
 
     assert in_a_well(plain_or=False) > 0.95 and in_a_well(plain_or=True) < 0.05
+
+
+def test_image_conjunctions_take_smaller_steps_by_the_root_of_their_terms():
+    """The cold image sampler on a sum of K energies: steps sqrt(K) times smaller, sqrt(K) times as many (the
+    same distance); a disjunction sums nothing (its widest term counts); 2D data keep their settings."""
+    cs = {n: Concept(None, f, i, n) for f, names in [("shape", ["cube", "sphere"]), ("color", ["red", "blue"])]
+          for i, n in enumerate(names)}
+    base = {"steps": 200, "step_size": 20.0, "noise_scale": 0.005, "x_shape": (3, 32, 32)}
+    for text, k in [("cube", 1), ("cube & red", 2), ("cube & ~red & (red | blue) & sphere", 4), ("red | blue", 1)]:
+        got = compose.settings_for(parse(text, cs), base)
+        assert (got["steps"], got["step_size"]) == (round(200 * k ** 0.5), pytest.approx(20 / k ** 0.5)), text
+    flat = dict(base, x_shape=(2,), step_size=0.01, noise_scale=0.1)
+    assert compose.settings_for(parse("cube & red & sphere", cs), flat) == flat
 
 
 def test_parser_structure_and_precedence():
