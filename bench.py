@@ -265,12 +265,11 @@ def n_concepts(text):
     return len(re.findall(r"[A-Za-z_]+", text))
 
 
-def bench_shapes(ckpt_dir, n=256, figure="assets/shapes_compose.png", steps=None, suite=SHAPES_SUITE, target=None,
-                 step_size=None):
-    """Sample every expression of `suite`, judge it, print the table, draw 8 samples per row.
-    target: one accuracy target for every row (default: SHAPES_TARGETS, by number of concepts)."""
+def bench_shapes(ckpt_dir, n=256, figure="assets/shapes_compose.png", suite=SHAPES_SUITE, target=None, **sampler):
+    """Sample every expression of `suite`, judge it, print the table, draw 8 samples per row. target: one accuracy
+    target for every row (default: SHAPES_TARGETS, by number of concepts); sampler: steps, step_size overrides."""
     concepts = load_concepts(ckpt_dir)
-    settings = sampling_settings(next(iter(concepts.values())).config, steps=steps, step_size=step_size)
+    settings = sampling_settings(next(iter(concepts.values())).config, **sampler)
     judge, _ = load_judge()
     noise = torch.rand(n, *settings["x_shape"], generator=torch.Generator().manual_seed(0))
     rows, pictures = [], []
@@ -301,11 +300,10 @@ def bench_shapes(ckpt_dir, n=256, figure="assets/shapes_compose.png", steps=None
     return rows
 
 
-def bench_curve(out_dir, n=128, steps=None, every=500, step_size=None):
-    """Accuracy of each concept model against its training time: each snapshot in
-    <out_dir>/snapshots (every `every` iterations) samples n images of values drawn from the
-    data. A sample counts where it shows one object and the judge reads the asked value in it;
-    the two parts are printed beside the accuracy, so that a curve says which one fails."""
+def bench_curve(out_dir, n=128, every=500, **sampler):
+    """Accuracy of each concept model against its training time: each snapshot in <out_dir>/snapshots (every
+    `every` iterations) samples n images of values drawn from the data. A sample counts where it shows one object
+    and the judge reads the asked value in it; both parts are printed too, so that a curve says which one fails."""
     judge, _ = load_judge()
     paths = [p for p in sorted(glob.glob(os.path.join(out_dir, "snapshots", "*.pt")))
              if int(re.search(r"_(\d+)\.pt$", p).group(1)) % every == 0]
@@ -317,7 +315,7 @@ def bench_curve(out_dir, n=128, steps=None, every=500, step_size=None):
     for path in paths:
         net, ckpt = load_checkpoint(path)
         fam, cfg = ckpt["family"], ckpt["config"]
-        settings = sampling_settings(cfg, steps=steps, step_size=step_size)
+        settings = sampling_settings(cfg, **sampler)
         c = labels[fam]  # (n,) or (n, d): one value per chain
         x = sample(lambda x: net(x, c), n, settings, seed=0)  # (n, 3, H, W)
         read, one = reads_as(fam, predict(judge, x), c), shows_objects(x, blobs(x), 1)  # (n,) bool each

@@ -325,16 +325,12 @@ def n_terms(expr):
 
 
 def settings_for(expr, settings, plain_or=False):
-    """The sampler settings for `expr` (sets its disjunctions in place).
-    Disjunctions mix at the sampler's temperature: 1 on 2D data, about 1e-6 for the cold image sampler, where a
-    mixture at T = 1 of energies 0.05 apart would be their mean (a red | blue chain follows the average
-    gradient, to a dark blend). plain_or: eq. 7 as printed (T = 1, unbalanced, the same sampler).
-    On 2D data, where log Z is exact and cheap (quadrature), disjunctions are also balanced and sampled with
-    MALA, whose Metropolis test keeps the weights that plain Langevin blurs; images ask for it with --balance
-    (AIS: slow, noisy). An explicit method in settings is kept.
-    On images, a sum of K energies takes steps sqrt(K) times smaller, sqrt(K) times as many: the cold sampler
-    is a descent, and K gradients that point different ways add up to about sqrt(K) times one, which at the
-    training step overshoots (3-4 concepts drew noisy backgrounds and lost their color)."""
+    """The sampler settings for `expr`; sets its disjunctions' temperature (in place) to the sampler's: 1 on 2D
+    data, ~1e-6 for images, where a mixture at T = 1 of energies 0.05 apart is their mean (red | blue: a dark
+    blend). 2D data also balance disjunctions by log Z (exact quadrature) and sample them with MALA, which keeps
+    the weights that Langevin blurs (images: --balance, AIS); an explicit method is kept. plain_or: eq. 7 as
+    printed. Images: a sum of K energies takes sqrt(K) times smaller steps, sqrt(K) times as many: the cold
+    sampler is a descent, and K gradients pointing different ways add up to ~sqrt(K) times one, which overshoots."""
     image = tuple(settings["x_shape"]) != (2,)
     if image:
         k = n_terms(expr) ** 0.5
