@@ -543,9 +543,9 @@ def main(argv=None):
         exact_weights(expr)  # an expression that selects no mode is an error, before sampling
     settings = sampling_settings(config, steps=args.steps, step_size=args.step_size, anneal=args.anneal,
                                  method=args.sampler, leapfrog=args.leapfrog)
-    if args.balance and not args.plain_or and not is_toy2d:  # 2D data weighs its disjunctions anyway
-        balance(expr, settings)
     settings = settings_for(expr, settings, args.plain_or)
+    if args.balance and not args.plain_or and not is_toy2d:  # 2D data weighs its disjunctions anyway
+        balance(expr, settings)  # log Z at the temperature the chains will run at
     words = args.expr.replace("~", " not ").replace("&", " and ").replace("|", " or ")
     save = args.save or os.path.join(args.ckpt_dir, re.sub(r"\W+", "_", words).strip("_") + ".npz")
     t0 = time.time()

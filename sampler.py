@@ -169,9 +169,9 @@ def sample(energy, n, settings, seed=0, device="cpu"):
 
 
 def log_partition(energy, settings, n=512, seed=0, ais=None):
-    """log Z = log of the integral of exp(-E / T) over the data box, T the settings' temperature. For 2D data a quadrature on
-    a 600x600 grid (exact to the plotting eye); otherwise (or with ais=True) annealed
-    importance sampling with n chains of MALA from uniform noise: unbiased in Z."""
+    """log Z = log of the integral of exp(-E / T) over the data box, T the settings' temperature.
+    For 2D data a quadrature on a 600x600 grid (exact to the plotting eye); otherwise (or with
+    ais=True) annealed importance sampling with n chains of MALA from uniform noise: unbiased in Z."""
     lo, hi = settings["data_range"]
     if not ais and tuple(settings["x_shape"]) == (2,):
         g = torch.linspace(lo, hi, 600)
