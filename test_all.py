@@ -531,6 +531,7 @@ def test_divergence_rolls_back_to_the_last_checkpoint(tmp_path):
     ckpt = torch.load(os.path.join(out, "vertical.pt"), weights_only=True)
     assert ckpt["step"] < 200 and ckpt["rollbacks"] <= 3
 
+
 def test_data_noise_perturbs_the_data_batch_within_the_box():
     """--data_noise adds Gaussian noise of that std to each data batch (train.data_batch), inside the data box."""
     ds = load_dataset("toy2d", n=4000, seed=0)
