@@ -197,9 +197,11 @@ def render_shapes(labels, image_size=32, scene="plain", clutter=0, light=None, s
         for _ in range(clutter):
             r = 0.35 * rng.uniform(0.15, 0.3) * S
             cands = S / 2 * (1 + POSITION_SCALE * rng.uniform(-1, 1, (20, 2)) * (1, -1))  # (20, 2) pixel centres
-            dist = np.hypot(*(cands - objs[0][2:4]).T)
-            far = dist >= objs[0][4] + r  # not touching the main object, if possible
-            cx, cy = cands[np.argmax(far) if far.any() else np.argmax(dist)]
+            placed = np.array([o[2:] for o in objs])  # (K, 3): cx, cy, r of the objects so far
+            # (20, K) gaps; a cube's faces reach past its half extent r, hence the 1.5
+            gap = np.hypot(*(cands[:, None] - placed[None, :, :2]).transpose(2, 0, 1)) - 1.5 * (placed[:, 2] + r)
+            free = gap.min(1)  # < 0: touches one; not touching any, if possible, else the least overlap
+            cx, cy = cands[np.argmax(free >= 0) if (free >= 0).any() else np.argmax(free)]
             objs.insert(0, (int(rng.integers(3)), others[rng.integers(len(others))], cx, cy, r))
         img = np.full((S, S, 3), 0.5) if scene == "plain" else gain * sky
         if scene == "ground":  # soft shadows on the ground, cast away from the light

@@ -242,7 +242,8 @@ def ema_updater(raw, ema, decay):
     def update():  # the tensor lists are built once, not every iteration
         with torch.no_grad():
             torch._foreach_lerp_(*mixed, 1 - decay)
-            torch._foreach_copy_(*copied)
+            if singular:  # the MLP has no spectral norm, and foreach kernels refuse empty lists
+                torch._foreach_copy_(*copied)
     return update
 
 

@@ -99,6 +99,24 @@ def test_sampling_computes_no_parameter_gradients():
     assert calls == [] and all(p.grad is None for p in net.parameters())
 
 
+def test_moving_average_of_weights_for_both_networks():
+    """--ema: the average moves by 1 - decay towards the live weights; spectral norm's vectors are copied."""
+    import copy
+    from model import ema_updater
+    for net in (build_model("mlp", n_values=2), build_model("image", image_size=32, channels=(8, 16), n_values=3)):
+        avg = copy.deepcopy(net)
+        before = {k: v.clone() for k, v in avg.state_dict().items()}
+        update = ema_updater(net, avg, 0.9)
+        with torch.no_grad():
+            for p in net.parameters():
+                p.add_(1.0)  # the optimizer's step, in place
+        update()
+        live = net.state_dict()
+        for k, v in avg.state_dict().items():
+            want = live[k] if k.endswith(("._u", "._v")) else before[k] + 0.1 * (live[k] - before[k])
+            assert torch.allclose(v, want, atol=1e-6), k
+
+
 def test_replay_buffer_capacity_reinit_and_state():
     buf = ReplayBuffer(100, (2,), reinit_prob=0.2)
     assert buf.x.shape == (100, 2) and buf.c.shape == (100,)
@@ -348,6 +366,8 @@ def test_unreadable_checkpoint_is_named(tmp_path):
     (["--frozen", "no-such.pt", "--concept", "ring"], "checkpoint no-such.pt does not exist"),
     (["--corner", "0.1"], "--corner is a setting of the shapes dataset, not of 'toy2d'"),
     (["--dataset", "shapes", "--corner", "2", "--cache_dir", "/nonexistent"], "corner must be a share of the positions in [0, 1], got 2.0"),
+    (["--clutter", "2"], "--clutter is a setting of the shapes dataset, not of 'toy2d'"),
+    (["--dataset", "shapes", "--clutter", "-1", "--cache_dir", "/nonexistent"], "clutter must be a non-negative int, got -1"),
 ])
 def test_train_cli_errors(args, message):
     code, _, stderr = run_cli("train.py", *args)
@@ -561,6 +581,10 @@ def test_shapes_dataset_is_labelled_cached_and_checked(tmp_path):
     # the object is where its label says (x right, y up): one blob, within 0.1
     for places, pos in zip(blobs(a.x), a.labels["position"].tolist()):
         assert len(places) == 1 and np.hypot(places[0][0] - pos[0], places[0][1] - pos[1]) < 0.1
+    # clutter (paper fig. 5): the same labelled objects, with smaller ones of other colors beside them
+    c = make_shapes(n=64, seed=3, clutter=2, cache_dir=str(tmp_path))
+    assert all(torch.equal(a.labels[k], c.labels[k]) for k in a.labels)
+    assert sum(len(places) == 3 for places in blobs(c.x)) >= 0.9 * 64  # three apart, where there is room
     assert make_shapes(n=4, image_size=64, cache_dir=str(tmp_path)).x.shape == (4, 3, 64, 64)
     for heldout in ("colors", "light", "sizes", "shape"):
         assert make_shapes(n=4, heldout=heldout, cache_dir=str(tmp_path)).x.shape == (4, 3, 32, 32)
