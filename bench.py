@@ -10,8 +10,7 @@
     python bench.py --gpu_check    # on a GPU machine: the suite, the speed table, resume, NCCL and a
                                    # short training, each checked in its own process (< 10 minutes)
 
-Timings are medians over repeats; every ratio is against a baseline measured in the same run, on
-the same machine, at the same moment. The paper's experiments are in experiments.py.
+Timings are medians of repeats; each ratio is to a baseline timed in the same run. Experiments: experiments.py
 """
 import argparse
 import contextlib
@@ -31,7 +30,7 @@ import torch
 from compose import (TOY2D_SUITE, Concept, image_grid, load_concepts, parse, pyplot, sample, sampling_settings,
                      toy2d_quality, toy2d_table, settings_for)
 from data import TOY2D_FAMILIES, TOY2D_STD, Dataset, load_dataset, toy2d_modes
-from infer import blobs, load_judge, predict, reads_as, score, shows_objects
+from infer import load_judge, readings, reads_as, score, shows_objects
 from model import IMAGE_PRESETS, build_model, load_checkpoint
 from sampler import langevin
 from train import dataset_for, parse_config, train_concept
@@ -279,8 +278,8 @@ def bench_shapes(ckpt_dir, n=256, figure="assets/shapes_compose.png", suite=SHAP
         t0 = time.time()
         expr = parse(text, concepts)
         x = sample(expr, n, settings_for(expr, settings), seed=0)
-        acc, _ = score(expr, x, judge)
-        base, _ = score(expr, noise, judge)
+        clutter = any(concepts[w].config.get("clutter") for w in re.findall(r"[A-Za-z_]+", text) if w in concepts)
+        (acc, _), (base, _) = score(expr, x, judge, clutter), score(expr, noise, judge, clutter)
         goal = target or (0.8 if text.count("position") == 2 else SHAPES_TARGETS[n_concepts(text)])
         rows.append((text, acc, base))
         pictures.append(x[:8])
@@ -318,7 +317,8 @@ def bench_curve(out_dir, n=128, every=500, **sampler):
         settings = sampling_settings(cfg, **sampler)
         c = labels[fam]  # (n,) or (n, d): one value per chain
         x = sample(lambda x: net(x, c), n, settings, seed=0)  # (n, 3, H, W)
-        read, one = reads_as(fam, predict(judge, x), c), shows_objects(x, blobs(x), 1)  # (n,) bool each
+        pred, places = readings(judge, x, 1, cfg.get("clutter"))  # trained with clutter: the largest blob
+        read, one = reads_as(fam, pred, c), shows_objects(x, places, 1)  # (n,) bool each
         print(f"{os.path.basename(path):<28} {ckpt['elapsed'] / 60:>7.1f} {(read & one).float().mean().item():>8.3f}"
               f" {read.float().mean().item():>6.3f} {one.float().mean().item():>8.3f}", flush=True)
 

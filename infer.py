@@ -214,7 +214,7 @@ def judge_vocabulary(ckpt):
 
 def blobs(x, min_pixels=4, max_share=0.3):
     """Per image, the (x, y) positions (as data.render_shapes places them, y up) of the saturated connected regions
-    on the grey background (objects that touch make one). A region over max_share of the image is noise."""
+    on the grey background (objects that touch make one), largest first. A region over max_share is noise."""
     sat = (x.max(1).values - x.min(1).values) > 0.25  # (N, H, W): colored, not grey
     h, w = sat.shape[1:]
     found = []
@@ -228,9 +228,9 @@ def blobs(x, min_pixels=4, max_share=0.3):
                 grown = {(a + da, b + db) for a, b in grown for da, db in ((1, 0), (-1, 0), (0, 1), (0, -1))} & todo
             if min_pixels <= len(region) <= max_share * h * w:  # the largest object covers ~20%
                 rows, cols = np.array(list(region)).T + 0.5  # pixel centres
-                places.append(((cols.mean() / (w / 2) - 1) / POSITION_SCALE,
+                places.append((len(region), (cols.mean() / (w / 2) - 1) / POSITION_SCALE,
                                (1 - rows.mean() / (h / 2)) / POSITION_SCALE))
-        found.append(places)
+        found.append([p[1:] for p in sorted(places, key=lambda p: -p[0])])
     return found
 
 
@@ -262,6 +262,19 @@ def shows_objects(x, places, k):
     return grey.cpu() & torch.tensor([len(p) == k for p in places], dtype=torch.bool)
 
 
+def readings(judge, x, k=1, clutter=False):
+    """What images x (N, 3, H, W) show: the judge's predictions and the blobs. clutter: samples of models trained
+    on scenes with clutter (train.py --clutter), which show clutter as their data does; the k largest blobs are
+    then the objects asked for, and the largest one's place is the position read. (The judge, trained on one
+    object an image, reads 1% of clutter renders' positions within 0.15; the largest blob, 99%.)"""
+    pred, places = predict(judge, x), blobs(x)
+    if clutter:
+        places = [p[:k] for p in places]
+        first = [p[0] if p else (float("nan"),) * 2 for p in places]  # no blob: no position holds
+        pred = dict(pred, position=torch.tensor(first, dtype=torch.float32))  # (N, 2)
+    return pred, places
+
+
 def reads_as(family, pred, value):
     """(N,) bool: does the judge read `value` of `family`? value: one for all, () or (d,), or each, (N,) or (N, d)."""
     if family in ("shape", "color"):
@@ -289,10 +302,11 @@ def holds(expr, pred, places):
     return ok
 
 
-def score(expr, x, judge):
-    """Share of images x (N, 3, H, W) that show the objects asked for and in which `expr` holds; the same per part."""
-    pred, places = predict(judge, x), blobs(x)
+def score(expr, x, judge, clutter=False):
+    """Share of images x (N, 3, H, W) that show the objects asked for and in which `expr` holds; the same per part.
+    clutter: the models were trained on scenes with clutter (readings)."""
     k = max(1, len(distinct_places([t.value for t in asked_positions(expr)])))  # the objects asked for
+    pred, places = readings(judge, x, k, clutter)
     shown = shows_objects(x, places, k)  # (N,)
     atoms = expr.terms if isinstance(expr, And) else [expr]
     parts = {repr(t): (shown & holds(t, pred, places)).float().mean().item() for t in atoms}

@@ -570,8 +570,9 @@ SUPERVISED_DIR = os.path.join(HERE, "checkpoints", "supervised")  # the judge an
 
 
 def test_shapes_dataset_is_labelled_cached_and_checked(tmp_path):
+    import infer
     from data import make_shapes
-    from infer import blobs
+    from infer import blobs, reads_as
     a = make_shapes(n=64, seed=3, cache_dir=str(tmp_path))
     assert a.x.shape == (64, 3, 32, 32) and a.x.dtype == torch.float32 and 0 <= a.x.min() and a.x.max() <= 1
     assert set(a.labels) == {"shape", "color", "size", "position"} and a.labels["position"].shape == (64, 2)
@@ -585,6 +586,10 @@ def test_shapes_dataset_is_labelled_cached_and_checked(tmp_path):
     c = make_shapes(n=64, seed=3, clutter=2, cache_dir=str(tmp_path))
     assert all(torch.equal(a.labels[k], c.labels[k]) for k in a.labels)
     assert sum(len(places) == 3 for places in blobs(c.x)) >= 0.9 * 64  # three apart, where there is room
+    # the labelled object is the largest blob, where samples of models trained on clutter are read
+    judge, _ = infer.load_judge()
+    pred, places = infer.readings(judge, c.x, 1, clutter=True)
+    assert all(len(p) == 1 for p in places) and reads_as("position", pred, c.labels["position"]).float().mean() > 0.95
     assert make_shapes(n=4, image_size=64, cache_dir=str(tmp_path)).x.shape == (4, 3, 64, 64)
     for heldout in ("colors", "light", "sizes", "shape"):
         assert make_shapes(n=4, heldout=heldout, cache_dir=str(tmp_path)).x.shape == (4, 3, 32, 32)
