@@ -748,6 +748,18 @@ def test_short_shapes_training_ranks_data_below_noise(tmp_path):
     assert code != 0 and "position=(2,0) is out of range" in stderr and "Traceback" not in stderr
 
 
+def test_shapes_bench_on_a_folder_of_some_concepts(tmp_path, capsys):
+    """bench.py --shapes on a folder with a position model only (as of cluttered scenes): the rows that name other
+    concepts are skipped, the others sampled and judged."""
+    import bench
+    ckpt = torch.load(os.path.join(SHAPES_DIR, "position.pt"), weights_only=True)
+    ckpt["config"]["clutter"] = 2  # read from the largest blobs
+    torch.save(ckpt, tmp_path / "position.pt")
+    rows = bench.bench_shapes(str(tmp_path), n=8, figure=None, steps=2)
+    assert [r[0] for r in rows] == [t for t in bench.SHAPES_SUITE if set(re.findall("[a-z]+", t)) == {"position"}]
+    assert "skipped: unknown concept 'cube'" in capsys.readouterr().out
+
+
 def test_shipped_shapes_models_compose_images(tmp_path):
     concepts = compose.load_concepts(SHAPES_DIR)
     assert {"sphere", "cube", "cylinder", "red", "blue", "size", "position"} <= set(concepts)
