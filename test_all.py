@@ -748,14 +748,13 @@ def test_short_shapes_training_ranks_data_below_noise(tmp_path):
     assert code != 0 and "position=(2,0) is out of range" in stderr and "Traceback" not in stderr
 
 
-def test_shapes_bench_on_a_folder_of_some_concepts(tmp_path, capsys):
-    """bench.py --shapes on a folder with a position model only (as of cluttered scenes): the rows that name other
-    concepts are skipped, the others sampled and judged."""
+def test_shapes_bench_on_the_shipped_model_of_cluttered_scenes(capsys):
+    """bench.py --shapes on checkpoints/scenes (a position model trained among clutter, alone): the rows that name
+    other concepts are skipped, the others sampled and judged."""
     import bench
-    ckpt = torch.load(os.path.join(SHAPES_DIR, "position.pt"), weights_only=True)
-    ckpt["config"]["clutter"] = 2  # read from the largest blobs
-    torch.save(ckpt, tmp_path / "position.pt")
-    rows = bench.bench_shapes(str(tmp_path), n=8, figure=None, steps=2)
+    scenes = os.path.join(HERE, "checkpoints", "scenes")
+    assert os.listdir(scenes) == ["position.pt"] and load_checkpoint(f"{scenes}/position.pt")[1]["config"]["clutter"]
+    rows = bench.bench_shapes(scenes, n=8, figure=None, steps=2)
     assert [r[0] for r in rows] == [t for t in bench.SHAPES_SUITE if set(re.findall("[a-z]+", t)) == {"position"}]
     assert "skipped: unknown concept 'cube'" in capsys.readouterr().out
 
