@@ -318,6 +318,7 @@ def main(argv=None):
     p.add_argument("--train_judge", action="store_true", help="train the judge and write --judge")
     p.add_argument("--score", metavar="EXPR", help="judge samples against an expression")
     p.add_argument("--samples", help="an .npz from compose.py (key samples: (N, 3, H, W) in [0, 1])")
+    p.add_argument("--clutter", action="store_true", help="--score samples of models trained among clutter")
     p.add_argument("--judge", default=JUDGE_PATH)
     p.add_argument("--ckpt_dir", help="concept inference: folder of concept checkpoints")
     p.add_argument("--concept", help="concept inference: the family to infer (e.g. position, color)")
@@ -356,7 +357,7 @@ def main(argv=None):
     if x.dim() != 4 or x.shape[1:] != (3, size, size):
         raise ValueError(f"samples have shape {tuple(x.shape)}; the judge reads images (N, 3, {size}, {size})")
     noise = torch.rand(max(len(x), 256), *x.shape[1:], generator=torch.Generator().manual_seed(0))
-    (acc, parts), (base, base_parts) = score(expr, x, judge), score(expr, noise, judge)
+    (acc, parts), (base, base_parts) = score(expr, x, judge, args.clutter), score(expr, noise, judge, args.clutter)
     print(f"{len(x)} samples of {args.score}")
     for name in parts:
         print(f"  {name:<28} {parts[name]:.3f}   (noise baseline {base_parts[name]:.3f})")

@@ -699,6 +699,12 @@ def test_score_cli_judges_concepts_and_counts_objects(tmp_path):
     expr = "position=(-0.5,-0.5) & position=(0.5,0.5)"
     assert run_cli("infer.py", "--score", expr, "--samples", str(tmp_path / "two.npz"))[1].strip().endswith("accuracy 1.000")
     assert run_cli("infer.py", "--score", expr, "--samples", str(tmp_path / "one.npz"))[1].strip().endswith("accuracy 0.000")
+    # scenes with clutter (as models trained with --clutter draw them): read with --clutter, the largest blob
+    scene = {k: v[:n] for k, v in labels.items()} | {"position": np.tile([[0.5, -0.3]], (n, 1)), "size": np.full(n, 0.6)}
+    np.savez(tmp_path / "scene.npz", samples=to_float(render_shapes(scene, clutter=2, seed=4)).numpy())
+    expr, scene = "position=(0.5,-0.3)", ("--samples", str(tmp_path / "scene.npz"))
+    assert float(run_cli("infer.py", "--score", expr, *scene, "--clutter")[1].split()[-1]) >= 0.9
+    assert float(run_cli("infer.py", "--score", expr, *scene)[1].split()[-1]) <= 0.2
     # the object rule: an empty grey image and smooth noise show no object, whatever the judge reads
     import infer
     judge, ckpt = infer.load_judge()
