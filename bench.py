@@ -255,9 +255,9 @@ SHAPES_SUITE = ["cube", "cube & red", "cube & red & size=0.6", "cube & red & siz
 SHAPES_TARGETS = {1: 0.90, 2: 0.75, 3: 0.60, 4: 0.50}  # by number of concepts
 
 
-def n_concepts(text):
-    """How many concepts an expression names: 'cube & size=0.6' -> 2."""
-    return len(re.findall(r"[A-Za-z_]+", text))
+def concept_names(text):
+    """The concepts an expression names: 'cube & size=0.6' -> ['cube', 'size']."""
+    return re.findall(r"[A-Za-z_]+", text)
 
 
 def bench_shapes(ckpt_dir, n=256, figure="assets/{}_compose.png", suite=SHAPES_SUITE, target=None, **sampler):
@@ -279,9 +279,9 @@ def bench_shapes(ckpt_dir, n=256, figure="assets/{}_compose.png", suite=SHAPES_S
             print(f"{text:<48} skipped: {e}")
             continue
         x = sample(expr, n, settings_for(expr, settings), seed=0)
-        clutter = any(concepts[w].config.get("clutter") for w in re.findall(r"[A-Za-z_]+", text) if w in concepts)
+        clutter = any(concepts[w].config.get("clutter") for w in concept_names(text) if w in concepts)
         (acc, _), (base, _) = score(expr, x, judge, clutter), score(expr, noise, judge, clutter)
-        goal = target or (0.8 if text.count("position") == 2 else SHAPES_TARGETS[n_concepts(text)])
+        goal = target or (0.8 if text.count("position") == 2 else SHAPES_TARGETS[len(concept_names(text))])
         rows.append((text, acc, base, x[:8]))
         # a score the judge also gives noise says nothing about the generator
         ok = " MISSED (no better than noise)" if acc <= base else " ok" if acc >= goal else " MISSED"
