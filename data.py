@@ -115,6 +115,7 @@ COLORS = {  # saturated and far from the grey background and from each other
 HELDOUT_COLORS = {"pink": (1.00, 0.60, 0.75), "brown": (0.55, 0.33, 0.15), "lime": (0.60, 0.95, 0.20)}
 HELDOUT_SHAPE = "cone"  # shape index 3 in render_shapes and in make_shapes' labels
 SIZE_RANGE, HELDOUT_SIZES = (0.3, 0.7), (0.75, 0.9)  # training sizes, held-out sizes
+CLUTTER_SIZES = {"small": (0.15, 0.3), "any": SIZE_RANGE}  # clutter smaller than any labelled object, or alike
 POSITION_RANGE = (-1.0, 1.0)
 POSITION_SCALE = 0.55  # an object at x sits at W/2 * (1 + POSITION_SCALE * x): x = +-1 stays inside
 SHAPES_SCENES = ("plain", "ground")
@@ -165,7 +166,7 @@ def _draw(img, X, Y, shape, rgb, cx, cy, r, light, gain):
     img[mask] = col[mask]
 
 
-def render_shapes(labels, image_size=32, scene="plain", clutter=0, light=None, seed=0):
+def render_shapes(labels, image_size=32, scene="plain", clutter=0, light=None, seed=0, clutter_size="small"):
     """Render one object per image -> uint8 (N, W, W, 3), W = image_size; antialiased (drawn at 2W).
 
     labels: numpy "shape" (N,) int index into SHAPES + (HELDOUT_SHAPE,), "color" (N, 3) RGB in [0, 1], "size"
@@ -173,10 +174,11 @@ def render_shapes(labels, image_size=32, scene="plain", clutter=0, light=None, s
     and every shape's radius (half extent) is 0.35 * size * W. scene "plain": flat grey, a fixed light from
     the upper left; "ground": sky, horizon, ground and soft shadows, with a light direction and brightness
     drawn per image. light "unseen": a dimmer light from the right, outside the training variation.
-    clutter k: k smaller objects of other colors, drawn first.
+    clutter k: k more objects of other colors, drawn first, of CLUTTER_SIZES[clutter_size] (unlabelled).
     """
     _check("scene", scene, SHAPES_SCENES)
     _check("light", light, (None, "unseen"))
+    _check("clutter_size", clutter_size, CLUTTER_SIZES)
     if not (isinstance(clutter, int) and clutter >= 0):
         raise ValueError(f"clutter must be a non-negative int, got {clutter!r}")
     rng = np.random.default_rng(seed)
@@ -195,7 +197,7 @@ def render_shapes(labels, image_size=32, scene="plain", clutter=0, light=None, s
                  S / 2 * (1 - POSITION_SCALE * y), 0.35 * float(labels["size"][i]) * S)]  # (shape, rgb, cx, cy, r)
         others = palette[np.abs(palette - labels["color"][i]).max(1) > 0.05]  # colors unlike the main one
         for _ in range(clutter):
-            r = 0.35 * rng.uniform(0.15, 0.3) * S
+            r = 0.35 * rng.uniform(*CLUTTER_SIZES[clutter_size]) * S
             cands = S / 2 * (1 + POSITION_SCALE * rng.uniform(-1, 1, (20, 2)) * (1, -1))  # (20, 2) pixel centres
             placed = np.array([o[2:] for o in objs])  # (K, 3): cx, cy, r of the objects so far
             # (20, K) gaps; a cube's faces reach past its half extent r, hence the 1.5
@@ -227,7 +229,7 @@ def corner_side(corner):
 
 
 def make_shapes(n=20_000, seed=0, image_size=32, scene="plain", clutter=0, heldout=None, corner=None,
-                cache_dir="out-data"):
+                cache_dir="out-data", clutter_size="small"):
     """n rendered images with shape, color, size and position labels, cached in cache_dir.
 
     heldout (one seed gives the same sizes and positions with and without it): "colors" (HELDOUT_COLORS, which
@@ -243,8 +245,10 @@ def make_shapes(n=20_000, seed=0, image_size=32, scene="plain", clutter=0, heldo
     _check("scene", scene, SHAPES_SCENES)
     _check("image_size", image_size, SHAPES_IMAGE_SIZES)
     names = tuple(HELDOUT_COLORS if heldout == "colors" else COLORS)
+    _check("clutter_size", clutter_size, CLUTTER_SIZES)
     path = os.path.join(cache_dir, f"shapes_n{n}_s{seed}_{image_size}_{scene}_c{clutter}_{heldout or 'none'}"
-                        f"{'' if corner is None else f'_corner{corner:g}'}.npz")
+                        f"{'' if corner is None else f'_corner{corner:g}'}"
+                        f"{'' if clutter_size == 'small' else f'_clutter{clutter_size}'}.npz")
     if os.path.exists(path):
         with np.load(path) as f:
             d = dict(f)
@@ -261,7 +265,8 @@ def make_shapes(n=20_000, seed=0, image_size=32, scene="plain", clutter=0, heldo
             d["size"] = np.where(inside, d["size"], rng.uniform(*LARGE_SIZES, n))
         rgb = np.array([(HELDOUT_COLORS | COLORS)[k] for k in names])[d["color"]]  # (N, 3)
         d["images"] = render_shapes({**d, "color": rgb}, image_size, "ground" if heldout == "light" else scene,
-                                    clutter, "unseen" if heldout == "light" else None, seed=int(rng.integers(2**31)))
+                                    clutter, "unseen" if heldout == "light" else None, seed=int(rng.integers(2**31)),
+                                    clutter_size=clutter_size)
         os.makedirs(cache_dir, exist_ok=True)
         tmp = f"{path[:-4]}.tmp{os.getpid()}.npz"  # atomic: readers never see half a file
         np.savez(tmp, **d)

@@ -368,6 +368,7 @@ def test_unreadable_checkpoint_is_named(tmp_path):
     (["--dataset", "shapes", "--corner", "2", "--cache_dir", "/nonexistent"], "corner must be a share of the positions in [0, 1], got 2.0"),
     (["--clutter", "2"], "--clutter is a setting of the shapes dataset, not of 'toy2d'"),
     (["--dataset", "shapes", "--clutter", "-1", "--cache_dir", "/nonexistent"], "clutter must be a non-negative int, got -1"),
+    (["--clutter_size", "any"], "--clutter_size is a setting of the shapes dataset, not of 'toy2d'"),
 ])
 def test_train_cli_errors(args, message):
     code, _, stderr = run_cli("train.py", *args)
@@ -590,6 +591,14 @@ def test_shapes_dataset_is_labelled_cached_and_checked(tmp_path):
     judge, _ = infer.load_judge()
     pred, places = infer.readings(judge, c.x, 1, clutter=True)
     assert all(len(p) == 1 for p in places) and reads_as("position", pred, c.labels["position"]).float().mean() > 0.95
+    # clutter of the labelled objects' sizes: two objects alike, so the labelled one is the larger about half the time
+    d = make_shapes(n=64, seed=3, clutter=1, clutter_size="any", cache_dir=str(tmp_path))
+    assert all(torch.equal(a.labels[k], d.labels[k]) for k in a.labels) and not torch.equal(c.x, d.x)
+    assert sum(len(places) == 2 for places in blobs(d.x)) >= 0.8 * 64  # large ones touch more often (55 of 64 apart)
+    pred, _ = infer.readings(judge, d.x, 1, clutter=True)
+    assert 0.25 < reads_as("position", pred, d.labels["position"]).float().mean() < 0.75
+    with pytest.raises(ValueError, match="unknown clutter_size 'huge'; allowed: 'small', 'any'"):
+        make_shapes(n=4, clutter=1, clutter_size="huge", cache_dir=str(tmp_path))
     assert make_shapes(n=4, image_size=64, cache_dir=str(tmp_path)).x.shape == (4, 3, 64, 64)
     for heldout in ("colors", "light", "sizes", "shape"):
         assert make_shapes(n=4, heldout=heldout, cache_dir=str(tmp_path)).x.shape == (4, 3, 32, 32)
