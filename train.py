@@ -75,7 +75,7 @@ class Config:
     frozen: str = ""  # checkpoints (comma-separated) of models kept fixed: the new one learns through their sum
     only: str = ""  # train on the data points with these discrete values, e.g. shape=cube,color=red
     corner: float = -1.0  # shapes, >= 0: the cross-product data of paper 3.4 (data.make_shapes); < 0: off
-    clutter: int = 0  # shapes: smaller objects of other colors beside the labelled one in every image (paper fig. 5)
+    clutter: int = 0  # shapes: unlabelled objects of other colors beside the labelled one in every image (fig. 5)
     clutter_size: str = "small"  # shapes: the clutter's sizes, "small" (0.15-0.3) or "any" (the labelled ones')
     # Langevin for compositions after training (compose.py reads these from the checkpoint)
     eval_steps: int = 200
