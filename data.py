@@ -166,7 +166,8 @@ def _draw(img, X, Y, shape, rgb, cx, cy, r, light, gain):
     img[mask] = col[mask]
 
 
-def render_shapes(labels, image_size=32, scene="plain", clutter=0, light=None, seed=0, clutter_size="small"):
+def render_shapes(labels, image_size=32, scene="plain", clutter=0, light=None, seed=0, clutter_size="small",
+                  clutter_gap=1.5):
     """Render one object per image -> uint8 (N, W, W, 3), W = image_size; antialiased (drawn at 2W).
 
     labels: numpy "shape" (N,) int index into SHAPES + (HELDOUT_SHAPE,), "color" (N, 3) RGB in [0, 1], "size"
@@ -174,13 +175,17 @@ def render_shapes(labels, image_size=32, scene="plain", clutter=0, light=None, s
     and every shape's radius (half extent) is 0.35 * size * W. scene "plain": flat grey, a fixed light from
     the upper left; "ground": sky, horizon, ground and soft shadows, with a light direction and brightness
     drawn per image. light "unseen": a dimmer light from the right, outside the training variation.
-    clutter k: k more objects of other colors, drawn first, of CLUTTER_SIZES[clutter_size] (unlabelled).
+    clutter k: k more objects of other colors, drawn first, of CLUTTER_SIZES[clutter_size] (unlabelled), each
+    centre at least clutter_gap * (r + r') from every other object's where there is room (1.5: even cubes,
+    whose corners reach 1.41 r, stay apart; 1.0: spheres may touch, so objects stand as close as they can).
     """
     _check("scene", scene, SHAPES_SCENES)
     _check("light", light, (None, "unseen"))
     _check("clutter_size", clutter_size, CLUTTER_SIZES)
     if not (isinstance(clutter, int) and clutter >= 0):
         raise ValueError(f"clutter must be a non-negative int, got {clutter!r}")
+    if not clutter_gap > 0:
+        raise ValueError(f"clutter_gap must be a positive multiple of the two radii, got {clutter_gap!r}")
     rng = np.random.default_rng(seed)
     n, W, S = len(labels["shape"]), image_size, 2 * image_size
     X, Y = np.meshgrid(np.arange(S) + 0.5, np.arange(S) + 0.5)  # (S, S) each, Y down
@@ -200,9 +205,9 @@ def render_shapes(labels, image_size=32, scene="plain", clutter=0, light=None, s
             r = 0.35 * rng.uniform(*CLUTTER_SIZES[clutter_size]) * S
             cands = S / 2 * (1 + POSITION_SCALE * rng.uniform(-1, 1, (20, 2)) * (1, -1))  # (20, 2) pixel centres
             placed = np.array([o[2:] for o in objs])  # (K, 3): cx, cy, r of the objects so far
-            # (20, K) gaps; a cube's faces reach past its half extent r, hence the 1.5
-            gap = np.hypot(*(cands[:, None] - placed[None, :, :2]).transpose(2, 0, 1)) - 1.5 * (placed[:, 2] + r)
-            free = gap.min(1)  # < 0: touches one; not touching any, if possible, else the least overlap
+            # (20, K) gaps to the objects so far
+            gap = np.hypot(*(cands[:, None] - placed[None, :, :2]).transpose(2, 0, 1)) - clutter_gap * (placed[:, 2] + r)
+            free = gap.min(1)  # < 0: too close to one; far enough from all, if possible, else the least short
             cx, cy = cands[np.argmax(free >= 0) if (free >= 0).any() else np.argmax(free)]
             objs.insert(0, (int(rng.integers(3)), others[rng.integers(len(others))], cx, cy, r))
         img = np.full((S, S, 3), 0.5) if scene == "plain" else gain * sky
@@ -229,7 +234,7 @@ def corner_side(corner):
 
 
 def make_shapes(n=20_000, seed=0, image_size=32, scene="plain", clutter=0, heldout=None, corner=None,
-                cache_dir="out-data", clutter_size="small"):
+                cache_dir="out-data", clutter_size="small", clutter_gap=1.5):
     """n rendered images with shape, color, size and position labels, cached in cache_dir.
 
     heldout (one seed gives the same sizes and positions with and without it): "colors" (HELDOUT_COLORS, which
@@ -248,7 +253,8 @@ def make_shapes(n=20_000, seed=0, image_size=32, scene="plain", clutter=0, heldo
     _check("clutter_size", clutter_size, CLUTTER_SIZES)
     path = os.path.join(cache_dir, f"shapes_n{n}_s{seed}_{image_size}_{scene}_c{clutter}_{heldout or 'none'}"
                         f"{'' if corner is None else f'_corner{corner:g}'}"
-                        f"{'' if clutter_size == 'small' else f'_clutter{clutter_size}'}.npz")
+                        f"{'' if clutter_size == 'small' else f'_clutter{clutter_size}'}"
+                        f"{'' if clutter_gap == 1.5 else f'_gap{clutter_gap:g}'}.npz")
     if os.path.exists(path):
         with np.load(path) as f:
             d = dict(f)
@@ -266,7 +272,7 @@ def make_shapes(n=20_000, seed=0, image_size=32, scene="plain", clutter=0, heldo
         rgb = np.array([(HELDOUT_COLORS | COLORS)[k] for k in names])[d["color"]]  # (N, 3)
         d["images"] = render_shapes({**d, "color": rgb}, image_size, "ground" if heldout == "light" else scene,
                                     clutter, "unseen" if heldout == "light" else None, seed=int(rng.integers(2**31)),
-                                    clutter_size=clutter_size)
+                                    clutter_size=clutter_size, clutter_gap=clutter_gap)
         os.makedirs(cache_dir, exist_ok=True)
         tmp = f"{path[:-4]}.tmp{os.getpid()}.npz"  # atomic: readers never see half a file
         np.savez(tmp, **d)

@@ -369,6 +369,9 @@ def test_unreadable_checkpoint_is_named(tmp_path):
     (["--clutter", "2"], "--clutter is a setting of the shapes dataset, not of 'toy2d'"),
     (["--dataset", "shapes", "--clutter", "-1", "--cache_dir", "/nonexistent"], "clutter must be a non-negative int, got -1"),
     (["--clutter_size", "any"], "--clutter_size is a setting of the shapes dataset, not of 'toy2d'"),
+    (["--clutter_gap", "1"], "--clutter_gap is a setting of the shapes dataset, not of 'toy2d'"),
+    (["--scene", "ground"], "--scene is a setting of the shapes dataset, not of 'toy2d'"),
+    (["--dataset", "shapes", "--scene", "sky", "--cache_dir", "/nonexistent"], "unknown scene 'sky'; allowed: 'plain', 'ground'"),
 ])
 def test_train_cli_errors(args, message):
     code, _, stderr = run_cli("train.py", *args)
@@ -597,6 +600,12 @@ def test_shapes_dataset_is_labelled_cached_and_checked(tmp_path):
     assert sum(len(places) == 2 for places in blobs(d.x)) >= 0.8 * 64  # large ones touch more often (55 of 64 apart)
     pred, _ = infer.readings(judge, d.x, 1, clutter=True)
     assert 0.25 < reads_as("position", pred, d.labels["position"]).float().mean() < 0.75
+    # a smaller clutter_gap lets the objects stand closer: more of them touch, and the apart ones are nearer
+    e = make_shapes(n=64, seed=3, clutter=1, clutter_size="any", clutter_gap=1.0, cache_dir=str(tmp_path))
+    apart = [[np.hypot(*np.subtract(*p)) for p in blobs(x.x) if len(p) == 2] for x in (d, e)]
+    assert len(apart[1]) < len(apart[0]) and np.median(apart[1]) < np.median(apart[0]) - 0.1  # 44 < 55; 1.54, 1.71
+    with pytest.raises(ValueError, match="clutter_gap must be a positive multiple of the two radii, got 0"):
+        make_shapes(n=4, clutter=1, clutter_gap=0, cache_dir=str(tmp_path))
     with pytest.raises(ValueError, match="unknown clutter_size 'huge'; allowed: 'small', 'any'"):
         make_shapes(n=4, clutter=1, clutter_size="huge", cache_dir=str(tmp_path))
     assert make_shapes(n=4, image_size=64, cache_dir=str(tmp_path)).x.shape == (4, 3, 64, 64)

@@ -77,6 +77,8 @@ class Config:
     corner: float = -1.0  # shapes, >= 0: the cross-product data of paper 3.4 (data.make_shapes); < 0: off
     clutter: int = 0  # shapes: unlabelled objects of other colors beside the labelled one in every image (fig. 5)
     clutter_size: str = "small"  # shapes: the clutter's sizes, "small" (0.15-0.3) or "any" (the labelled ones')
+    clutter_gap: float = 1.5  # shapes: clutter centres at least this many times the two radii from other objects
+    scene: str = "plain"  # shapes: "plain" grey, or "ground" (sky, ground, shadows, a light that varies)
     # Langevin for compositions after training (compose.py reads these from the checkpoint)
     eval_steps: int = 200
     eval_anneal: float = 20.0
@@ -460,14 +462,15 @@ def train_worker(cfg, family, device, threads):
 def dataset_for(cfg):
     """The run's training data (with --only, the part of it that has those values)."""
     for name, off in (("corner", cfg.corner < 0), ("clutter", cfg.clutter == 0),
-                      ("clutter_size", cfg.clutter_size == "small")):
+                      ("clutter_size", cfg.clutter_size == "small"), ("clutter_gap", cfg.clutter_gap == 1.5),
+                      ("scene", cfg.scene == "plain")):
         if not off and cfg.dataset != "shapes":
             raise ValueError(f"--{name} is a setting of the shapes dataset, not of {cfg.dataset!r}")
     settings = {  # an unknown name: load_dataset's error lists the known ones
         "toy2d": dict(n=cfg.n_data, seed=cfg.seed),
         "shapes": dict(n=cfg.n_data, seed=cfg.seed, image_size=cfg.img_size, cache_dir=cfg.cache_dir,
                        corner=cfg.corner if cfg.corner >= 0 else None, clutter=cfg.clutter,
-                       clutter_size=cfg.clutter_size),
+                       clutter_size=cfg.clutter_size, clutter_gap=cfg.clutter_gap, scene=cfg.scene),
         # every image of the training split: --n_data does not apply
         "celeba": dict(data_dir=cfg.data_dir, image_size=cfg.img_size, cache_dir=cfg.cache_dir)}
     return load_dataset(cfg.dataset, **settings.get(cfg.dataset, {})).where(cfg.only)
