@@ -205,8 +205,8 @@ def render_shapes(labels, image_size=32, scene="plain", clutter=0, light=None, s
             r = 0.35 * rng.uniform(*CLUTTER_SIZES[clutter_size]) * S
             cands = S / 2 * (1 + POSITION_SCALE * rng.uniform(-1, 1, (20, 2)) * (1, -1))  # (20, 2) pixel centres
             placed = np.array([o[2:] for o in objs])  # (K, 3): cx, cy, r of the objects so far
-            # (20, K) gaps to the objects so far
-            gap = np.hypot(*(cands[:, None] - placed[None, :, :2]).transpose(2, 0, 1)) - clutter_gap * (placed[:, 2] + r)
+            dist = np.hypot(*(cands[:, None] - placed[None, :, :2]).transpose(2, 0, 1))  # (20, K) centre to centre
+            gap = dist - clutter_gap * (placed[:, 2] + r)  # (20, K)
             free = gap.min(1)  # < 0: too close to one; far enough from all, if possible, else the least short
             cx, cy = cands[np.argmax(free >= 0) if (free >= 0).any() else np.argmax(free)]
             objs.insert(0, (int(rng.integers(3)), others[rng.integers(len(others))], cx, cy, r))
