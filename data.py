@@ -116,6 +116,7 @@ HELDOUT_COLORS = {"pink": (1.00, 0.60, 0.75), "brown": (0.55, 0.33, 0.15), "lime
 HELDOUT_SHAPE = "cone"  # shape index 3 in render_shapes and in make_shapes' labels
 SIZE_RANGE, HELDOUT_SIZES = (0.3, 0.7), (0.75, 0.9)  # training sizes, held-out sizes
 CLUTTER_SIZES = {"small": (0.15, 0.3), "any": SIZE_RANGE}  # clutter smaller than any labelled object, or alike
+CLUTTER_GAP = 1.5  # clutter centres this many times the two radii from other objects: even cubes stay apart
 POSITION_RANGE = (-1.0, 1.0)
 POSITION_SCALE = 0.55  # an object at x sits at W/2 * (1 + POSITION_SCALE * x): x = +-1 stays inside
 SHAPES_SCENES = ("plain", "ground")
@@ -167,7 +168,7 @@ def _draw(img, X, Y, shape, rgb, cx, cy, r, light, gain):
 
 
 def render_shapes(labels, image_size=32, scene="plain", clutter=0, light=None, seed=0, clutter_size="small",
-                  clutter_gap=1.5):
+                  clutter_gap=CLUTTER_GAP):
     """Render one object per image -> uint8 (N, W, W, 3), W = image_size; antialiased (drawn at 2W).
 
     labels: numpy "shape" (N,) int index into SHAPES + (HELDOUT_SHAPE,), "color" (N, 3) RGB in [0, 1], "size"
@@ -234,7 +235,7 @@ def corner_side(corner):
 
 
 def make_shapes(n=20_000, seed=0, image_size=32, scene="plain", clutter=0, heldout=None, corner=None,
-                cache_dir="out-data", clutter_size="small", clutter_gap=1.5):
+                cache_dir="out-data", clutter_size="small", clutter_gap=CLUTTER_GAP):
     """n rendered images with shape, color, size and position labels, cached in cache_dir.
 
     heldout (one seed gives the same sizes and positions with and without it): "colors" (HELDOUT_COLORS, which
@@ -254,7 +255,7 @@ def make_shapes(n=20_000, seed=0, image_size=32, scene="plain", clutter=0, heldo
     path = os.path.join(cache_dir, f"shapes_n{n}_s{seed}_{image_size}_{scene}_c{clutter}_{heldout or 'none'}"
                         f"{'' if corner is None else f'_corner{corner:g}'}"
                         f"{'' if clutter_size == 'small' else f'_clutter{clutter_size}'}"
-                        f"{'' if clutter_gap == 1.5 else f'_gap{clutter_gap:g}'}.npz")
+                        f"{'' if clutter_gap == CLUTTER_GAP else f'_gap{clutter_gap:g}'}.npz")
     if os.path.exists(path):
         with np.load(path) as f:
             d = dict(f)

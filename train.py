@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from compose import format_table, load_concepts, sampling_settings, save_image_grid, toy2d_report
-from data import load_dataset
+from data import CLUTTER_GAP, load_dataset
 from model import IMAGE_PRESETS, build_concept_model, ema_updater, load_checkpoint, model_args, save_checkpoint
 from sampler import ReplayBuffer, langevin, run_chains, uniform_in_box
 
@@ -77,7 +77,7 @@ class Config:
     corner: float = -1.0  # shapes, >= 0: the cross-product data of paper 3.4 (data.make_shapes); < 0: off
     clutter: int = 0  # shapes: unlabelled objects of other colors beside the labelled one in every image (fig. 5)
     clutter_size: str = "small"  # shapes: the clutter's sizes, "small" (0.15-0.3) or "any" (the labelled ones')
-    clutter_gap: float = 1.5  # shapes: clutter centres at least this many times the two radii from other objects
+    clutter_gap: float = CLUTTER_GAP  # shapes: clutter centres at least this many times the two radii from other objects
     scene: str = "plain"  # shapes: "plain" grey, or "ground" (sky, ground, shadows, a light that varies)
     # Langevin for compositions after training (compose.py reads these from the checkpoint)
     eval_steps: int = 200
@@ -462,7 +462,7 @@ def train_worker(cfg, family, device, threads):
 def dataset_for(cfg):
     """The run's training data (with --only, the part of it that has those values)."""
     for name, off in (("corner", cfg.corner < 0), ("clutter", cfg.clutter == 0),
-                      ("clutter_size", cfg.clutter_size == "small"), ("clutter_gap", cfg.clutter_gap == 1.5),
+                      ("clutter_size", cfg.clutter_size == "small"), ("clutter_gap", cfg.clutter_gap == CLUTTER_GAP),
                       ("scene", cfg.scene == "plain")):
         if not off and cfg.dataset != "shapes":
             raise ValueError(f"--{name} is a setting of the shapes dataset, not of {cfg.dataset!r}")
