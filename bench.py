@@ -1,9 +1,9 @@
 """Benchmarks: how fast the sampler and training run, how good the compositions are.
 
-    python bench.py                # the sampler on the exact toy2d energies, then the speed table: our
-                                   # Langevin sampler against the naive loop of tutorials (toy MLP,
-                                   # shapes32, celeba64) and training it/s; last: sampler speedup X.XXx
-    python bench.py --toy2d 3 [--train_args "--annealed_share 0"]   # train toy2d 3 times: time, quality
+    python bench.py                # the sampler on the exact toy2d energies, then the speed table: our Langevin
+                                   # sampler against the tutorials' naive loop (toy MLP, shapes32, celeba64)
+                                   # and training it/s; last: sampler speedup X.XXx
+    python bench.py --toy2d 3 [--train_args "--sampler mala"]   # train toy2d 3 times: time, quality
     python bench.py --shapes checkpoints/shapes   # judged compositions, 256 samples each, and a figure
     python bench.py --curve out-shapes            # accuracy against training time (train.py's snapshots)
     python bench.py --device cuda  # the speed table on a GPU (every network at batch 128)
@@ -198,14 +198,14 @@ def exact_toy2d_settings(steps=300, anneal=20.0):
 
 
 def bench_sampler_on_exact_energies(steps=300, anneal=20.0):
-    """The composition sampler on the true toy2d energies: the mode TV left is the sampler's own error."""
+    """The composition sampler on the true toy2d energies, ULA (the paper's) and MALA: the sampler's own error."""
     concepts, settings = exact_toy2d_concepts(), exact_toy2d_settings(steps, anneal)
     print(f"\nthe sampler on the exact toy2d energies ({steps} steps, anneal {anneal:g}, 2000 samples)")
-    print(f"{'expression':<26} {'precision':>9} {'mode TV':>8}")
+    print(f"{'expression':<26} {'precision':>9} {'mode TV':>8} {'MALA: precision':>16} {'mode TV':>8}")
     for text in TOY2D_SUITE:
         expr = parse(text, concepts)
-        q = toy2d_quality(sample(expr, 2000, settings), expr)
-        print(f"{text:<26} {q['precision']:>9.3f} {q['mode_tv']:>8.3f}")
+        q = [toy2d_quality(sample(expr, 2000, dict(settings, method=m)), expr) for m in ("ula", "mala")]
+        print(f"{text:<26} " + " ".join(f"{v['precision']:>{w}.3f} {v['mode_tv']:>8.3f}" for v, w in zip(q, (9, 16))))
 
 
 # toy2d targets: every composition, standard or not, at precision >= 0.95 and mode TV <= 0.06

@@ -294,6 +294,8 @@ def sampling_settings(config, **overrides):
     s = {"steps": config["eval_steps"], "step_size": config["step_size"],
          "noise_scale": config["noise_scale"], "anneal": config["eval_anneal"], "grad_clip": config["grad_clip"],
          "data_range": tuple(config["data_range"]), "x_shape": tuple(config["x_shape"])}
+    if config.get("sampler", "ula") != "ula":  # trained with MALA's chains (train.py --sampler): sample as trained
+        s["method"] = config["sampler"]
     s.update({k: v for k, v in overrides.items() if v is not None})
     s["resample"] = s["anneal"] > 1  # importance weights are only defined for an annealed start
     return s

@@ -71,6 +71,8 @@ class Config:
     reinit_from_data: float = 1.0  # share of restarted chains that start near a data point, not noise
     reinit_noise: float = 0.5  # std of the perturbation of those data points
     reinit_any: bool = False  # restart from a data point of ANY concept value, not the chain's own
+    sampler: str = "ula"  # the annealed chains (below) and compositions after training: ula, or mala (a Metropolis
+    # test removes ULA's step-size bias, which the model otherwise learns to offset)
     annealed_share: float = 0.5  # the last share of iterations whose chains are fresh and annealed (draw_negatives)
     frozen: str = ""  # checkpoints (comma-separated) of models kept fixed: the new one learns through their sum
     only: str = ""  # train on the data points with these discrete values, e.g. shape=cube,color=red
@@ -142,6 +144,7 @@ def parse_config(argv):
         (cfg.pool not in ("", "sum", "mean", "dense"), f"unknown --pool {cfg.pool!r}; known: sum, mean, dense"),
         (cfg.lr_horizon < 0, f"--lr_horizon must be 0 (the run's --max_iters) or more, got {cfg.lr_horizon}"),
         (not 0 <= cfg.annealed_share <= 1, f"--annealed_share must be in [0, 1], got {cfg.annealed_share}"),
+        (cfg.sampler not in ("ula", "mala"), f"--sampler must be ula or mala, got {cfg.sampler!r}"),
         (cfg.device not in ("auto", "cpu", "cuda"), f"--device must be auto, cpu or cuda, got {cfg.device!r}")]
     for bad, message in problems:  # the first problem is the one reported
         if bad:
@@ -179,7 +182,7 @@ def draw_negatives(cfg, ds, buffer, energy, idx, by_value, annealed, device):
         start = uniform_in_box((len(i_neg), *ds.x.shape[1:]), ds.data_range, device)  # (V n, ...)
         x_neg = run_chains(lambda x: energy(x, i_neg), start, cfg.steps, cfg.step_size, cfg.noise_scale,
                            anneal=cfg.eval_anneal, resample=True, clamp=ds.data_range, grad_clip=cfg.grad_clip,
-                           groups=len(by_value)).x  # each value's chains resampled among themselves
+                           groups=len(by_value), method=cfg.sampler).x  # each value's chains resampled among themselves
         return x_neg, i_neg
 
 
