@@ -524,7 +524,8 @@ def main(argv=None):
     p.add_argument("--step_size", type=float, default=None)
     p.add_argument("--anneal", type=float, default=None, help="starting temperature")
     p.add_argument("--sampler", choices=("ula", "mala", "hmc"), default=None,
-                   help="ula (default): Langevin as in the paper; mala / hmc: with a Metropolis test")
+                   help="ula: Langevin as in the paper; mala / hmc: with a Metropolis test (default: as the "
+                   "models were trained, ula unless train.py --sampler mala)")
     p.add_argument("--leapfrog", type=int, default=None, help="hmc: gradient steps per proposal (default 5)")
     p.add_argument("--balance", action="store_true", help="images: weight each disjunct by its partition "
                    "function (log Z by annealed importance sampling; slow); 2D data always does (quadrature)")
