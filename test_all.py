@@ -1030,7 +1030,6 @@ def test_balanced_disjunction_reaches_its_exact_weights():
     assert plain > 0.2 and fixed["mode_tv"] < 0.06 and fixed["precision"] > 0.97, (plain, fixed)
 
 
-
 def test_mala_removes_ulas_step_bias_and_a_mala_run_samples_with_it():
     """On the exact toy2d energies ULA's finite step widens every mode (samples 0.16 from their mode's centre
     in RMS, against 0.141 for the true Gaussians); MALA's Metropolis test removes the bias. A run trained with
