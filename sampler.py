@@ -37,11 +37,12 @@ from dataclasses import dataclass, field
 import torch
 
 
-def langevin(energy, x, n_steps, step_size, noise_scale=None, clamp=None, grad_clip=None):
+def langevin(energy, x, n_steps, step_size, noise_scale=None, clamp=None, grad_clip=None, step_end=None):
     """Plain Langevin (eq. 3, unadjusted) for `n_steps` steps from x (B, ...); returns the samples
     (B, ...). This is the sampler of training; for annealing, resampling, Metropolis tests,
     log Z or snapshots of the chains, use run_chains."""
-    return run_chains(energy, x, n_steps, step_size, noise_scale, clamp=clamp, grad_clip=grad_clip).x
+    return run_chains(energy, x, n_steps, step_size, noise_scale, clamp=clamp, grad_clip=grad_clip,
+                      step_end=step_end).x
 
 
 def temperature(step_size, noise_scale=None):
@@ -67,7 +68,7 @@ class Chains:
 
 
 def run_chains(energy, x, n_steps, step_size, noise_scale=None, anneal=1.0, resample=False,
-               clamp=None, grad_clip=None, keep_every=0, method="ula", leapfrog=5, groups=1):
+               clamp=None, grad_clip=None, keep_every=0, method="ula", leapfrog=5, groups=1, step_end=None):
     """Run `n_steps` gradient evaluations of Langevin dynamics on `energy` from `x`: a Chains.
 
     energy:      function x (B, ...) -> (B,)
@@ -82,6 +83,10 @@ def run_chains(energy, x, n_steps, step_size, noise_scale=None, anneal=1.0, resa
     clamp:       (low, high) to keep samples in the data range, or None
     grad_clip:   clip each coordinate of the gradient to [-grad_clip, grad_clip], or None
     keep_every:  if > 0, keep a snapshot of the chains every that many moves (for GIFs)
+    step_end:    ULA: the step falls geometrically from step_size to this over the chain (None:
+                 constant). For training chains (train.py --step_end): the cold image sampler's
+                 step of 20 cannot settle in a minimum narrower than it, and a chain started on a
+                 sharpened model's data climbs out of it (EXPERIMENTS.md, the run-away)
     method:      "ula": the plain step of eq. 3 (unadjusted); "mala": the same step as a
                  proposal, accepted or rejected by Metropolis-Hastings; "hmc": Hamiltonian
                  Monte Carlo, `leapfrog` gradient steps per proposal (n_steps // leapfrog proposals)
@@ -112,12 +117,16 @@ def run_chains(energy, x, n_steps, step_size, noise_scale=None, anneal=1.0, resa
     if method not in ("ula", "mala", "hmc") or leapfrog < 1 or (method != "ula" and noise_scale <= 0):
         raise ValueError(f"method must be 'ula', 'mala' or 'hmc' (leapfrog >= 1, noise_scale > 0 for the "
                          f"last two), got {method!r}, leapfrog {leapfrog}, noise_scale {noise_scale}")
+    if step_end is not None and (method != "ula" or not 0 < step_end <= step_size):
+        raise ValueError(f"step_end needs method 'ula' and 0 < step_end <= step_size, got {method!r}, {step_end}")
     if len(x) % groups:
         raise ValueError(f"{len(x)} chains cannot form {groups} equal groups")
     tau = temperature(step_size, noise_scale)  # before annealing
     n_moves = n_steps // (leapfrog if method == "hmc" else 1)  # HMC: leapfrog gradients per move
     # temperatures T_k from `anneal` down to 1, geometrically
     temps = [anneal ** (1 - k / max(n_moves - 1, 1)) for k in range(n_moves)]
+    steps = [step_size * (step_end / step_size) ** (k / max(n_moves - 1, 1)) if step_end else step_size
+             for k in range(n_moves)]  # constant, or from step_size down to step_end, geometrically
     x = x.detach().clone()
     e, grad = energy_and_grad(energy, x, grad_clip)
     log_w = torch.zeros(len(x), device=x.device)  # (B,) importance log-weights
@@ -130,7 +139,7 @@ def run_chains(energy, x, n_steps, step_size, noise_scale=None, anneal=1.0, resa
         sigma = noise_scale * temps[k] ** 0.5  # the noise std of this move
         if method == "ula":
             with torch.no_grad():
-                x = x - 0.5 * step_size * grad
+                x = x - 0.5 * steps[k] * grad
                 if sigma > 0:
                     x.add_(torch.randn_like(x), alpha=sigma)
                 if clamp is not None:

@@ -469,6 +469,7 @@ def test_resume_moves_between_devices_starts_from_light_snapshots_and_keeps_its_
     run = train.load_run(path, device, raw, None, opt, buffer, cfg, ds, print)
     assert seen == [("cpu", torch.uint8)] and run["step"] == 20 and run["horizon"] == 20
     assert run["guard_from"] == 20  # its chains came back: the divergence guard watches at once
+    assert run["warm_from"] is None  # and its optimizer: no warm-up
     monkeypatch.undo()
     # the horizon holds: past it the learning rate stays at its floor, not back at the top
     assert train.learning_rate(cfg, 25, run["horizon"]) == pytest.approx(cfg.lr * cfg.min_lr_ratio)
@@ -481,9 +482,20 @@ def test_resume_moves_between_devices_starts_from_light_snapshots_and_keeps_its_
     light = {k: v for k, v in torch.load(path, weights_only=True).items() if k not in ("optimizer", "buffer", "rng")}
     save_checkpoint(light, path)
     cfg = train.parse_config(["--concept", "vertical", "--out_dir", out, "--resume", "--lr_horizon", "50"])
+    buffer = train.ReplayBuffer(cfg.buffer_size, ds.x.shape[1:], (), torch.long, device=device)
     run = train.load_run(path, device, raw, None, torch.optim.Adam(raw.parameters()), buffer, cfg, ds, print)
     # --lr_horizon replaces the saved schedule; the guard waits while the fresh chains relax
     assert run["horizon"] == 50 and run["guard_from"] == 30 + 5 * cfg.buffer_size // cfg.batch_size
+    # every fresh chain starts near the data point whose label it carries, not in noise
+    assert buffer.filled.all()
+    offset = (buffer.x - ds.x[buffer.c.cpu()].to(device)).std().item()
+    assert 0.5 * cfg.reinit_noise < offset < 1.5 * cfg.reinit_noise
+    # the fresh optimizer warms up: the rate rises from near 0 to the schedule's over WARMUP iterations
+    full = train.learning_rate(cfg, 30, 50)
+    assert run["warm_from"] == 30 and train.learning_rate(cfg, 30, 50, warm_from=30) == pytest.approx(
+        full / train.WARMUP)
+    later = 30 + train.WARMUP
+    assert train.learning_rate(cfg, later, 50, warm_from=30) == train.learning_rate(cfg, later, 50)
     code, stdout, stderr = run_cli("train.py", "--concept", "vertical", "--out_dir", out, "--max_iters", "35",
                                    "--resume", "--log_interval", "5")
     assert code == 0, stderr
@@ -998,6 +1010,19 @@ def test_mala_and_hmc_remove_the_step_size_bias_of_ula():
     assert abs(cold - 0.25) < 0.015
     with pytest.raises(ValueError, match="method must be"):
         run_chains(energy, x0, 1, 0.1, method="gibbs")
+
+
+def test_a_shrinking_step_settles_in_a_minimum_narrower_than_the_first_step():
+    """A cold chain with a step too large for its minimum's curvature (here x <- x - 2.5 x) bounces out to
+    the clamp and stays there; with step_end the step shrinks along the chain and the chain settles at the
+    minimum (why the image models can train with step_end: EXPERIMENTS.md)."""
+    energy = lambda x: 0.5 * x.pow(2).sum(1)  # noqa: E731  curvature 1: a step above 4 diverges
+    x0 = torch.rand(256, 2) + 0.5
+    const = run_chains(energy, x0, 60, 5.0, noise_scale=0.0, clamp=(-3, 3)).x
+    shrink = run_chains(energy, x0, 60, 5.0, noise_scale=0.0, clamp=(-3, 3), step_end=0.5).x
+    assert const.abs().min() == 3.0 and shrink.abs().max() < 0.01
+    with pytest.raises(ValueError, match="step_end"):
+        run_chains(energy, x0, 10, 1.0, step_end=2.0)
 
 
 def test_log_partition_by_quadrature_and_by_annealed_importance_sampling():

@@ -64,6 +64,8 @@ class Config:
     # Langevin in training (paper eq. 3)
     steps: int = 20
     step_size: float = 0.01
+    step_end: float = 0.0  # > 0: in each visit of a buffer chain, the step falls geometrically from step_size to
+    # this, so that chains settle where a sharp model's data lie (0: constant; sampling from noise keeps it constant)
     noise_scale: float = 0.1  # sqrt(step_size): temperature 1
     grad_clip: float = 40.0  # per coordinate, on grad E
     buffer_size: int = 10_000
@@ -74,6 +76,7 @@ class Config:
     sampler: str = "ula"  # the annealed chains (below) and compositions after training: ula, or mala (a Metropolis
     # test removes ULA's step-size bias, which the model otherwise learns to offset)
     annealed_share: float = 0.5  # the last share of iterations whose chains are fresh and annealed (draw_negatives)
+    late_batch: int = 0  # > 0: the batch size in that share (larger: less noise where the modes' depths are set)
     frozen: str = ""  # checkpoints (comma-separated) of models kept fixed: the new one learns through their sum
     only: str = ""  # train on the data points with these discrete values, e.g. shape=cube,color=red
     corner: float = -1.0  # shapes, >= 0: the cross-product data of paper 3.4 (data.make_shapes); < 0: off
@@ -144,6 +147,9 @@ def parse_config(argv):
         (cfg.pool not in ("", "sum", "mean", "dense"), f"unknown --pool {cfg.pool!r}; known: sum, mean, dense"),
         (cfg.lr_horizon < 0, f"--lr_horizon must be 0 (the run's --max_iters) or more, got {cfg.lr_horizon}"),
         (not 0 <= cfg.annealed_share <= 1, f"--annealed_share must be in [0, 1], got {cfg.annealed_share}"),
+        (not 0 <= cfg.step_end <= cfg.step_size,
+         f"--step_end must be 0 (a constant step) or in (0, --step_size {cfg.step_size:g}], got {cfg.step_end:g}"),
+        (cfg.late_batch < 0, f"--late_batch must be 0 (the --batch_size) or more, got {cfg.late_batch}"),
         (cfg.sampler not in ("ula", "mala"), f"--sampler must be ula or mala, got {cfg.sampler!r}"),
         (cfg.device not in ("auto", "cpu", "cuda"), f"--device must be auto, cpu or cuda, got {cfg.device!r}")]
     for bad, message in problems:  # the first problem is the one reported
@@ -174,7 +180,7 @@ def draw_negatives(cfg, ds, buffer, energy, idx, by_value, annealed, device):
         if not annealed:
             x_neg, i_neg, slots, _ = buffer.sample(restart_points(cfg, ds, idx, device), idx)  # (B, ...), (B,)
             x_neg = langevin(lambda x: energy(x, i_neg), x_neg, cfg.steps, cfg.step_size, cfg.noise_scale,
-                             clamp=ds.data_range, grad_clip=cfg.grad_clip)
+                             clamp=ds.data_range, grad_clip=cfg.grad_clip, step_end=cfg.step_end or None)
             buffer.update(slots, x_neg, i_neg)
             return x_neg, i_neg
         n = len(idx)  # chains per value, all in one batch; a value's chains share one target, for resampling
@@ -186,11 +192,17 @@ def draw_negatives(cfg, ds, buffer, energy, idx, by_value, annealed, device):
         return x_neg, i_neg
 
 
-def learning_rate(cfg, step, horizon, scale=1.0):
+WARMUP = 500  # iterations over which an optimizer that starts afresh on trained weights (a light resume) warms up
+
+
+def learning_rate(cfg, step, horizon, scale=1.0, warm_from=None):
     """Cosine decay from lr to lr * min_lr_ratio over `horizon` iterations, then flat to average out the
-    gradient noise (a resumed run keeps its horizon). `scale` halves at each rollback."""
+    gradient noise (a resumed run keeps its horizon). `scale` halves at each rollback. After a light resume
+    (warm_from: its step) the rate rises linearly over WARMUP iterations: a fresh Adam divides by a second
+    moment seen over a few steps only, and its first steps would throw a trained model off."""
     decay = 0.5 * (1 + math.cos(math.pi * min(step / horizon, 1.0)))  # 1 -> 0
-    return scale * cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * decay)
+    warm = 1.0 if warm_from is None else min(1.0, (step + 1 - warm_from) / WARMUP)
+    return warm * scale * cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * decay)
 
 
 def typical_energies(net, ds, c_data, family, device):
@@ -231,7 +243,15 @@ def load_run(path, device, raw, ema, opt, buffer, cfg, ds, log, resumed=False):
         opt.load_state_dict(ckpt["optimizer"])
     fresh = ckpt.get("chains") != "data_index" or "buffer" not in ckpt
     if fresh:  # a light snapshot, or an older checkpoint whose chains kept labels rather than data points
-        log(f"[{ckpt['family']}] note: {path} holds no replay buffer this version can use: the chains start afresh")
+        # A trained model's chains start near its data (perturbed data points, each under its own label). From
+        # noise, a few steps a visit would take thousands of iterations to reach the data, and the model,
+        # trained on such negatives meanwhile, learns to tell noise from data and no longer samples.
+        idx = torch.randint(len(ds), (buffer.capacity,), device=device)  # (capacity,)
+        x = torch.cat([ds.batch(i, device) for i in idx.split(1024)])  # (capacity, ...)
+        buffer.update(torch.arange(buffer.capacity, device=device),
+                      (x + cfg.reinit_noise * torch.randn_like(x)).clamp(*ds.data_range), idx)
+        log(f"[{ckpt['family']}] note: {path} holds no replay buffer this version can use: "
+            f"the chains start afresh, near the data")
     else:
         buffer.load_state_dict(ckpt["buffer"])  # every rank resumes rank 0's chains; their seeds part them
     rank = dist.get_rank() if dist.is_initialized() else 0
@@ -244,6 +264,7 @@ def load_run(path, device, raw, ema, opt, buffer, cfg, ds, log, resumed=False):
     run = {"step": ckpt["step"], "elapsed": ckpt["elapsed"], "family": ckpt["family"],
            "horizon": cfg.lr_horizon or ckpt.get("lr_horizon", ckpt["config"]["max_iters"]),
            "lr_scale": ckpt.get("lr_scale", 1.0), "rollbacks": ckpt.get("rollbacks", 0),
+           "warm_from": None if "optimizer" in ckpt else ckpt["step"],
            # a trained model tells fresh noise from data at once: the guard waits ~5 draws of each chain
            "guard_from": ckpt["step"] + (5 * cfg.buffer_size // cfg.batch_size if fresh else 0)}
     if resumed:
@@ -408,7 +429,7 @@ def train_concept(cfg, ds, family, device, iters_after=0):
     by_value = [torch.nonzero(c_data == v).squeeze(1) for v in range(len(ds.concepts[family]))] \
         if cfg.annealed_share > 0 else []  # the data indices of each value
     run = {"step": 0, "elapsed": 0.0, "family": family, "horizon": cfg.lr_horizon or cfg.max_iters, "lr_scale": 1.0,
-           "rollbacks": 0, "guard_from": 0}
+           "rollbacks": 0, "guard_from": 0, "warm_from": None}
     if cfg.resume and os.path.exists(path):
         run = load_run(path, device, *state, cfg, ds, log, resumed=True)
     if run["step"] >= cfg.max_iters:
@@ -424,9 +445,10 @@ def train_concept(cfg, ds, family, device, iters_after=0):
     stats, seen = torch.zeros(3, device=device), 0  # loss, E+, E- summed on the device since the last look
     run.update(started=time.time() - run["elapsed"], since=(time.time(), run["step"]))  # clocks: time spent, speed
     while run["step"] < cfg.max_iters:
-        idx = torch.randint(len(ds), (cfg.batch_size,), device=device)
-        x_pos = data_batch(cfg, ds, idx, device)  # 1. (B, ...)
         annealed = cfg.annealed_share > 0 and run["step"] >= (1 - cfg.annealed_share) * run["horizon"]  # late
+        idx = torch.randint(len(ds), (cfg.late_batch if annealed and cfg.late_batch else cfg.batch_size,),
+                            device=device)
+        x_pos = data_batch(cfg, ds, idx, device)  # 1. (B, ...)
         x_neg, i_neg = draw_negatives(cfg, ds, buffer, lambda x, i: raw(x, c_data[i]) + frozen_energy(x, i),
                                       idx, by_value, annealed, device)  # 2. (B, ...), (B,)
         # 3. one forward for all parts (DDP wants one forward per backward); frozen parts carry no gradient
@@ -440,7 +462,7 @@ def train_concept(cfg, ds, family, device, iters_after=0):
         opt.zero_grad(set_to_none=True)
         loss.backward()
         for group in opt.param_groups:
-            group["lr"] = learning_rate(cfg, run["step"], run["horizon"], run["lr_scale"])
+            group["lr"] = learning_rate(cfg, run["step"], run["horizon"], run["lr_scale"], run["warm_from"])
         opt.step()
         update_ema()
         stats += torch.stack([loss, e_pos.mean(), e_neg.mean()]).detach()
