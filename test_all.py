@@ -533,6 +533,18 @@ def test_annealed_negatives_split_between_modes_by_mass():
         train.parse_config(["--annealed_share", "2"])
 
 
+def test_late_batch_sets_the_batch_of_the_annealed_share(monkeypatch, tmp_path):
+    """--late_batch: in the annealed share (the last half here) each data batch has that many points."""
+    sizes, real = [], train.data_batch
+    monkeypatch.setattr(train, "data_batch", lambda cfg, ds, idx, dev: sizes.append(len(idx)) or real(cfg, ds, idx, dev))
+    cfg = train.parse_config(["--concept", "ring", "--max_iters", "4", "--batch_size", "16", "--late_batch", "32",
+                              "--out_dir", str(tmp_path), "--log_interval", "2"])
+    train.train_concept(cfg, train.dataset_for(cfg), "ring", torch.device("cpu"))
+    assert sizes == [16, 16, 32, 32]
+    with pytest.raises(ValueError, match="late_batch must be"):
+        train.parse_config(["--late_batch", "-1"])
+
+
 def test_contrast_term_widens_the_gap_between_values_on_the_data(tmp_path):
     """--contrast adds a logistic loss that puts E(x+ | c+) below E(x+ | c') on real data (train.other_labels):
     the gap between a data point's own value and the other one grows over plain CD's, in the same run length."""
@@ -1023,6 +1035,8 @@ def test_a_shrinking_step_settles_in_a_minimum_narrower_than_the_first_step():
     assert const.abs().min() == 3.0 and shrink.abs().max() < 0.01
     with pytest.raises(ValueError, match="step_end"):
         run_chains(energy, x0, 10, 1.0, step_end=2.0)
+    with pytest.raises(ValueError, match="step_end must be"):
+        train.parse_config(["--dataset", "shapes", "--step_end", "30"])  # above the step of 20
 
 
 def test_log_partition_by_quadrature_and_by_annealed_importance_sampling():
