@@ -158,6 +158,11 @@ def parse_config(argv):
     return cfg
 
 
+def near_data(cfg, ds, x):
+    """Data points x (B, ...) plus N(0, reinit_noise^2), kept in the data box: chains that start near the data."""
+    return (x + cfg.reinit_noise * torch.randn_like(x)).clamp(*ds.data_range)
+
+
 def restart_points(cfg, ds, idx, device):
     """Where restarted chains start (B, ...): uniform noise in the data box (the paper's) or, for a share
     reinit_from_data, a perturbed data point: the chain's own (idx) or, with reinit_any, any. Why near the
@@ -166,8 +171,7 @@ def restart_points(cfg, ds, idx, device):
     x_noise = uniform_in_box(x_own.shape, ds.data_range, device)
     near = torch.rand(len(idx), device=device) < cfg.reinit_from_data  # (B,)
     x_start = ds.batch(torch.randint(len(ds), (len(idx),), device=device), device) if cfg.reinit_any else x_own
-    x_near = (x_start + cfg.reinit_noise * torch.randn_like(x_own)).clamp(*ds.data_range)
-    return torch.where(near.view(-1, *[1] * (x_own.dim() - 1)), x_near, x_noise)  # no host sync, unlike x[near]
+    return torch.where(near.view(-1, *[1] * (x_own.dim() - 1)), near_data(cfg, ds, x_start), x_noise)  # no host sync, unlike x[near]
 
 
 def draw_negatives(cfg, ds, buffer, energy, idx, by_value, annealed, device):
@@ -248,8 +252,7 @@ def load_run(path, device, raw, ema, opt, buffer, cfg, ds, log, resumed=False):
         # trained on such negatives meanwhile, learns to tell noise from data and no longer samples.
         idx = torch.randint(len(ds), (buffer.capacity,), device=device)  # (capacity,)
         x = torch.cat([ds.batch(i, device) for i in idx.split(1024)])  # (capacity, ...)
-        buffer.update(torch.arange(buffer.capacity, device=device),
-                      (x + cfg.reinit_noise * torch.randn_like(x)).clamp(*ds.data_range), idx)
+        buffer.update(torch.arange(buffer.capacity, device=device), near_data(cfg, ds, x), idx)
         log(f"[{ckpt['family']}] note: {path} holds no replay buffer this version can use: "
             f"the chains start afresh, near the data")
     else:
