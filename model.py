@@ -260,6 +260,26 @@ def save_checkpoint(obj, path):
     os.replace(tmp, path)
 
 
+def temper_checkpoint(src, factor, dst):
+    """Write `src` to `dst` with its energy multiplied by `factor`: E -> factor * E, i.e. temperature 1/factor.
+
+    The paper (appendix) proposes this to put models whose energy histograms differ on one
+    scale before summing them. The last linear layer is not spectrally normalised, so scaling
+    its weight and bias scales the energy exactly; the recorded energies follow."""
+    if not factor > 0:
+        raise ValueError(f"factor must be > 0 (a temperature), got {factor}")
+    ckpt = torch.load(src, map_location="cpu", weights_only=True)
+    for key in ("model", "ema"):
+        for name in ("out.weight", "out.bias"):
+            if key in ckpt:
+                ckpt[key][name] = ckpt[key][name] * factor
+    for key in ("data_energy", "other_energy"):
+        if key in ckpt:
+            ckpt[key] = [e * factor for e in ckpt[key]]
+    ckpt["energy_factor"] = ckpt.get("energy_factor", 1.0) * factor  # so a file says it was tempered
+    save_checkpoint(ckpt, dst)
+
+
 def load_checkpoint(path, device="cpu"):
     """Rebuild a trained concept model from its checkpoint file.
 

@@ -13,7 +13,7 @@ import compose
 import train
 from compose import And, Concept, Not, Or, exact_weights, parse, toy2d_quality
 from data import TOY2D_STD, load_dataset, make_toy2d, toy2d_modes
-from model import build_model, load_checkpoint, save_checkpoint
+from model import build_model, load_checkpoint, save_checkpoint, temper_checkpoint
 from sampler import ReplayBuffer, langevin, run_chains
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -317,6 +317,19 @@ def test_checkpoint_contents(tiny_run):
     assert {"model", "model_args", "optimizer", "buffer", "config", "data_energy"} <= set(ckpt)
     assert ckpt["buffer"]["x"].shape == (ckpt["config"]["buffer_size"], 2)
     assert all(not p.requires_grad for p in net.parameters())
+
+
+def test_tempering_a_checkpoint_scales_its_energy_and_recorded_energies(tiny_run, tmp_path):
+    src, dst = os.path.join(tiny_run, "ring.pt"), str(tmp_path / "ring.pt")
+    temper_checkpoint(src, 0.5, dst)
+    (net, ckpt), (hot, tempered) = load_checkpoint(src), load_checkpoint(dst)
+    x, c = torch.randn(64, 2), torch.randint(0, 2, (64,))
+    assert torch.allclose(hot(x, c), 0.5 * net(x, c), atol=1e-6) and not torch.allclose(hot(x, c), net(x, c))
+    assert tempered["data_energy"] == pytest.approx([0.5 * e for e in ckpt["data_energy"]])
+    assert tempered["other_energy"] == pytest.approx([0.5 * e for e in ckpt["other_energy"]])
+    assert tempered["energy_factor"] == 0.5
+    with pytest.raises(ValueError, match="factor must be > 0"):
+        temper_checkpoint(src, 0.0, dst)
 
 
 def test_compose_cli_writes_samples_figure_and_gif(tiny_run, tmp_path):
