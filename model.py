@@ -17,6 +17,7 @@ numbers of a continuous one (`size`: 0.45; `position`: (0.5, -0.3)).
     e = net(x, c)            # c (B, 2) float (or (2,) for all): a position
 
     net, ckpt = load_checkpoint("out-toy2d/vertical.pt")   # weights_only=True
+    temper_checkpoint("a.pt", 0.5, "b.pt")   # b: the energy of a, halved (temperature 2)
 
 build_concept_model sizes a network for one family of a dataset from train.py's settings.
 This file imports nothing from the project.
