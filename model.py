@@ -270,10 +270,9 @@ def temper_checkpoint(src, factor, dst):
     if not factor > 0:
         raise ValueError(f"factor must be > 0 (a temperature), got {factor}")
     ckpt = torch.load(src, map_location="cpu", weights_only=True)
-    for key in ("model", "ema"):
+    for weights in (ckpt[k] for k in ("model", "ema") if k in ckpt):
         for name in ("out.weight", "out.bias"):
-            if key in ckpt:
-                ckpt[key][name] = ckpt[key][name] * factor
+            weights[name] = weights[name] * factor
     for key in ("data_energy", "other_energy"):
         if key in ckpt:
             ckpt[key] = [e * factor for e in ckpt[key]]
