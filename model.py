@@ -262,11 +262,9 @@ def save_checkpoint(obj, path):
 
 
 def temper_checkpoint(src, factor, dst):
-    """Write `src` to `dst` with its energy multiplied by `factor`: E -> factor * E, i.e. temperature 1/factor.
-
-    The paper (appendix) proposes this to put models whose energy histograms differ on one
-    scale before summing them. The last linear layer is not spectrally normalised, so scaling
-    its weight and bias scales the energy exactly; the recorded energies follow."""
+    """Write `src` to `dst` with its energy times `factor` (temperature 1/factor), as the paper's appendix
+    proposes for models whose energy scales differ before a sum. The last linear layer is not spectrally
+    normalised, so scaling its weight and bias scales the energy exactly; the recorded energies follow."""
     if not factor > 0:
         raise ValueError(f"factor must be > 0 (a temperature), got {factor}")
     ckpt = torch.load(src, map_location="cpu", weights_only=True)
@@ -283,10 +281,9 @@ def temper_checkpoint(src, factor, dst):
 def load_checkpoint(path, device="cpu"):
     """Rebuild a trained concept model from its checkpoint file.
 
-    Returns (net, ckpt): the network (with the moving average of its weights, if the
-    run kept one) in eval mode with its parameters frozen (a
-    loaded model is used for sampling and inference, which need input gradients
-    only), and the checkpoint dict (family, values, step, config, ...).
+    Returns (net, ckpt): the network (the moving average of its weights, if the run kept one) in
+    eval mode with frozen parameters (sampling and inference need input gradients only), and the
+    checkpoint dict (family, values, step, config, ...).
     Raises FileNotFoundError or ValueError with the file's name.
     """
     try:
