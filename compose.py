@@ -332,11 +332,13 @@ def settings_for(expr, settings, plain_or=False):
     blend). 2D data also balance disjunctions by log Z (exact quadrature) and sample them with MALA, which keeps
     the weights that Langevin blurs (images: --balance, AIS); an explicit method is kept. plain_or: eq. 7 as
     printed. Images: a sum of K energies takes sqrt(K) times smaller steps, sqrt(K) times as many: the cold
-    sampler is a descent, and K gradients pointing different ways add up to ~sqrt(K) times one, which overshoots."""
+    sampler is a descent, and K gradients pointing different ways add up to ~sqrt(K) times one, which overshoots.
+    Its noise shrinks by K^(1/4), so that the temperature noise^2 / step stays the single concepts'."""
     image = tuple(settings["x_shape"]) != (2,)
     if image:
         k = n_terms(expr) ** 0.5
-        settings = dict(settings, steps=round(settings["steps"] * k), step_size=settings["step_size"] / k)
+        settings = dict(settings, steps=round(settings["steps"] * k), step_size=settings["step_size"] / k,
+                        noise_scale=settings["noise_scale"] / k ** 0.5)
     ors = [e for e in parts(expr) if isinstance(e, Or)]
     for e in ors:
         e.temperature = 1.0 if plain_or else temperature(settings["step_size"], settings["noise_scale"])

@@ -206,13 +206,15 @@ def test_disjunction_mixes_at_the_samplers_temperature():
 
 def test_image_conjunctions_take_smaller_steps_by_the_root_of_their_terms():
     """The cold image sampler on a sum of K energies: steps sqrt(K) times smaller, sqrt(K) times as many (the
-    same distance); a disjunction sums nothing (its widest term counts); 2D data keep their settings."""
+    same distance), at the same temperature (noise^2 / step); a disjunction sums nothing (its widest term
+    counts); 2D data keep their settings."""
     cs = {n: Concept(None, f, i, n) for f, names in [("shape", ["cube", "sphere"]), ("color", ["red", "blue"])]
           for i, n in enumerate(names)}
     base = {"steps": 200, "step_size": 20.0, "noise_scale": 0.005, "x_shape": (3, 32, 32)}
     for text, k in [("cube", 1), ("cube & red", 2), ("cube & ~red & (red | blue) & sphere", 4), ("red | blue", 1)]:
         got = compose.settings_for(parse(text, cs), base)
         assert (got["steps"], got["step_size"]) == (round(200 * k ** 0.5), pytest.approx(20 / k ** 0.5)), text
+        assert got["noise_scale"] ** 2 / got["step_size"] == pytest.approx(0.005 ** 2 / 20), text
     flat = dict(base, x_shape=(2,), step_size=0.01, noise_scale=0.1)
     assert compose.settings_for(parse("cube & red & sphere", cs), flat) == flat
 
