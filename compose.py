@@ -336,9 +336,9 @@ def settings_for(expr, settings, plain_or=False):
     Its noise shrinks by K^(1/4), so that the temperature noise^2 / step stays the single concepts'."""
     image = tuple(settings["x_shape"]) != (2,)
     if image:
-        k = n_terms(expr) ** 0.5
-        settings = dict(settings, steps=round(settings["steps"] * k), step_size=settings["step_size"] / k,
-                        noise_scale=settings["noise_scale"] / k ** 0.5)
+        root = n_terms(expr) ** 0.5  # sqrt(K)
+        settings = dict(settings, steps=round(settings["steps"] * root), step_size=settings["step_size"] / root,
+                        noise_scale=settings["noise_scale"] / root ** 0.5)
     ors = [e for e in parts(expr) if isinstance(e, Or)]
     for e in ors:
         e.temperature = 1.0 if plain_or else temperature(settings["step_size"], settings["noise_scale"])
