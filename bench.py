@@ -7,8 +7,7 @@
     python bench.py --shapes checkpoints/shapes   # judged compositions, 256 samples each, and a figure
     python bench.py --curve out-shapes            # accuracy against training time (train.py's snapshots)
     python bench.py --device cuda  # the speed table on a GPU (every network at batch 128)
-    python bench.py --gpu_check    # on a GPU machine: the suite, the speed table, resume, NCCL and a
-                                   # short training, each checked in its own process (< 10 minutes)
+    python bench.py --gpu_check    # on a GPU: the suite, speed, resume, NCCL, a short training (< 10 min)
 
 Timings are medians of repeats; each ratio is to a baseline timed in the same run. Experiments: experiments.py
 """
@@ -300,16 +299,16 @@ def bench_shapes(ckpt_dir, n=256, figure="assets/{}_compose.png", suite=SHAPES_S
 
 
 def bench_curve(out_dir, n=128, every=500, **sampler):
-    """Accuracy of each concept model against its training time: each snapshot in <out_dir>/snapshots (every
-    `every` iterations) samples n images of values drawn from the data. A sample counts where it shows one object
-    and the judge reads the asked value in it; both parts are printed too, so that a curve says which one fails."""
+    """Accuracy against training time: each snapshot in <out_dir>/snapshots (every `every` iterations) samples n
+    images of values drawn from the data; one counts where it shows one object and the judge reads the asked value
+    (both parts printed; position models also `at blob`: the place read at the largest blob's centre)."""
     judge, _ = load_judge()
     paths = [p for p in sorted(glob.glob(os.path.join(out_dir, "snapshots", "*.pt")))
              if int(re.search(r"_(\d+)\.pt$", p).group(1)) % every == 0]
     if not paths:
         sys.exit(f"no snapshots in {out_dir}/snapshots (train.py keeps them with --snapshots, the shapes default)")
     labels = load_dataset("shapes", n=n, seed=123).labels  # the values to ask for
-    print(f"{'snapshot':<28} {'minutes':>7} {'accuracy':>8} {'judge':>6} {'1 object':>8}"
+    print(f"{'snapshot':<28} {'minutes':>7} {'accuracy':>8} {'judge':>8} {'1 object':>8} {'at blob':>8}"
           f"   ({n} samples, values drawn from the data)")
     for path in paths:
         net, ckpt = load_checkpoint(path)
@@ -319,8 +318,9 @@ def bench_curve(out_dir, n=128, every=500, **sampler):
         x = sample(lambda x: net(x, c), n, settings, seed=0)  # (n, 3, H, W)
         pred, places = readings(judge, x, 1, cfg.get("clutter"))  # trained with clutter: the largest blob
         read, one = reads_as(fam, pred, c), shows_objects(x, places, 1)  # (n,) bool each
-        print(f"{os.path.basename(path):<28} {ckpt['elapsed'] / 60:>7.1f} {(read & one).float().mean().item():>8.3f}"
-              f" {read.float().mean().item():>6.3f} {one.float().mean().item():>8.3f}", flush=True)
+        blob = [reads_as(fam, readings(judge, x, 1, True)[0], c) & one] if fam == "position" else []
+        print(f"{os.path.basename(path):<28} {ckpt['elapsed'] / 60:>7.1f} "
+              + " ".join(f"{v.float().mean().item():>8.3f}" for v in [read & one, read, one] + blob), flush=True)
 
 
 def gpu_check():
