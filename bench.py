@@ -29,7 +29,7 @@ import torch
 from compose import (TOY2D_SUITE, Concept, image_grid, load_concepts, parse, pyplot, sample, sampling_settings,
                      toy2d_quality, toy2d_table, settings_for)
 from data import TOY2D_FAMILIES, TOY2D_STD, Dataset, load_dataset, toy2d_modes
-from infer import load_judge, readings, reads_as, score, shows_objects
+from infer import at_blobs, load_judge, readings, reads_as, score, shows_objects
 from model import IMAGE_PRESETS, build_model, load_checkpoint
 from sampler import langevin
 from train import dataset_for, parse_config, train_concept
@@ -318,7 +318,7 @@ def bench_curve(out_dir, n=128, every=500, **sampler):
         x = sample(lambda x: net(x, c), n, settings, seed=0)  # (n, 3, H, W)
         pred, places = readings(judge, x, 1, cfg.get("clutter"))  # trained with clutter: the largest blob
         read, one = reads_as(fam, pred, c), shows_objects(x, places, 1)  # (n,) bool each
-        blob = [reads_as(fam, readings(judge, x, 1, True)[0], c) & one] if fam == "position" else []
+        blob = [reads_as(fam, at_blobs(pred, places), c) & one] if fam == "position" else []
         print(f"{os.path.basename(path):<28} {ckpt['elapsed'] / 60:>7.1f} "
               + " ".join(f"{v.float().mean().item():>8.3f}" for v in [read & one, read, one] + blob), flush=True)
 

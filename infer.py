@@ -270,9 +270,14 @@ def readings(judge, x, k=1, clutter=False):
     pred, places = predict(judge, x), blobs(x)
     if clutter:
         places = [p[:k] for p in places]
-        first = [p[0] if p else (float("nan"),) * 2 for p in places]  # no blob: no position holds
-        pred = dict(pred, position=torch.tensor(first, dtype=torch.float32))  # (N, 2)
+        pred = at_blobs(pred, places)
     return pred, places
+
+
+def at_blobs(pred, places):
+    """The judge's readings `pred` with the position read at each image's largest blob (places: blobs(x))."""
+    first = [p[0] if p else (float("nan"),) * 2 for p in places]  # no blob: no position holds
+    return dict(pred, position=torch.tensor(first, dtype=torch.float32))  # (N, 2)
 
 
 def reads_as(family, pred, value):
