@@ -28,6 +28,7 @@ from model import load_checkpoint, save_checkpoint
 JUDGE_PATH = "checkpoints/supervised/judge.pt"  # supervised networks live apart from the concept models
 HEADS = ("shape", "color", "size", "position")
 SIZE_TOL, POSITION_TOL = 0.1, 0.15  # a size / position "holds" within these
+JUDGE_NOISE = 0.05  # the judge trains on renders + pixel noise of std U(0, 0.05): samples are never clean renders
 
 
 class Judge(nn.Module):
@@ -93,7 +94,8 @@ def train_judge(path=JUDGE_PATH, heads=HEADS, data=dict(n=40_000, seed=101), epo
     for epoch in range(epochs):
         judge.train()
         for idx in torch.randperm(n).split(batch)[: n // batch]:
-            out = judge(ds.x[idx])
+            x = ds.x[idx]  # (B, 3, 32, 32) clean renders, plus noise of a std drawn per image:
+            out = judge((x + JUDGE_NOISE * torch.rand(len(x), 1, 1, 1) * torch.randn_like(x)).clamp(0, 1))
             loss = sum(weight[h] * (F.cross_entropy(out[h], ds.labels[h][idx]) if h in ("shape", "color") else
                                     F.mse_loss(out[h], ds.labels[h][idx].reshape(out[h].shape))) for h in heads)
             opt.zero_grad(set_to_none=True)
@@ -308,8 +310,7 @@ def holds(expr, pred, places):
 
 
 def score(expr, x, judge, clutter=False):
-    """Share of images x (N, 3, H, W) that show the objects asked for and in which `expr` holds; the same per part.
-    clutter: the models were trained on scenes with clutter (readings)."""
+    """Share of images x (N, 3, H, W) showing the asked objects where `expr` holds; per part (clutter: readings)."""
     k = max(1, len(distinct_places([t.value for t in asked_positions(expr)])))  # the objects asked for
     pred, places = readings(judge, x, k, clutter)
     shown = shows_objects(x, places, k)  # (N,)
@@ -373,10 +374,9 @@ def infer_cli(args):
     """python infer.py --ckpt_dir DIR --concept FAMILY --images a.png b.png [--joint] [--map m.png]"""
     path = os.path.join(args.ckpt_dir, f"{args.concept}.pt")
     if not os.path.exists(path):
-        have = sorted(f[:-3] for f in os.listdir(args.ckpt_dir) if f.endswith(".pt")) \
-            if os.path.isdir(args.ckpt_dir) else []
+        have = os.listdir(args.ckpt_dir) if os.path.isdir(args.ckpt_dir) else []
         raise FileNotFoundError(f"no model of concept {args.concept!r} in {args.ckpt_dir} "
-                                f"(it has: {', '.join(have) or 'nothing'})")
+                                f"(it has: {', '.join(sorted(f[:-3] for f in have if f[-3:] == '.pt')) or 'nothing'})")
     net, ckpt = load_checkpoint(path)
     x = read_images(args.images, ckpt["config"]["x_shape"][-1])
     found = infer(net, ckpt, x, joint=args.joint)

@@ -695,17 +695,23 @@ def test_continuous_concepts_parse_and_check_their_values():
             parse(text, names)
 
 
-def test_judge_reads_held_out_renders():
+def test_judge_reads_held_out_renders_clean_and_under_faint_noise():
+    """Renders of another seed, clean and with pixel noise of std 0.02 and 0.05: samples are never clean, and a
+    judge trained on clean renders read 2/255 of noise as another size and place (EXPERIMENTS.md)."""
+    from types import SimpleNamespace
     from data import make_shapes
     from infer import judge_accuracy, load_judge
     judge, _ = load_judge(os.path.join(SUPERVISED_DIR, "judge.pt"))
-    acc = judge_accuracy(judge, make_shapes(n=1000, seed=999))
-    assert acc["shape"] >= 0.98 and acc["color"] >= 0.98 and acc["position_error"] <= 0.05 and acc["size"] >= 0.95
+    ds, g = make_shapes(n=1000, seed=999), torch.Generator().manual_seed(0)
+    for sd in (0, 0.02, 0.05):
+        x = (ds.x + sd * torch.randn(ds.x.shape, generator=g)).clamp(0, 1)  # (1000, 3, 32, 32)
+        acc = judge_accuracy(judge, SimpleNamespace(x=x, labels=ds.labels))
+        assert min(acc["shape"], acc["color"], acc["size"]) >= 0.95 and acc["position_error"] <= 0.05, (sd, acc)
 
 
 def test_largest_blob_reads_positions_under_faint_noise():
     """bench.py --curve's `at blob` column: the largest blob's centre is the rendered position, with or without
-    pixel noise of std 0.02 (which the judge's position head misreads: EXPERIMENTS.md)."""
+    pixel noise of std 0.02 (which a judge trained on clean renders misread: EXPERIMENTS.md)."""
     from data import make_shapes
     from infer import load_judge, readings, reads_as
     judge, _ = load_judge(os.path.join(SUPERVISED_DIR, "judge.pt"))
