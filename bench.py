@@ -306,22 +306,22 @@ def bench_curve(out_dir, n=128, every=500, **sampler):
     if not paths:
         sys.exit(f"no snapshots in {out_dir}/snapshots and no models in {out_dir} (train.py keeps snapshots)")
     labels = load_dataset("shapes", n=n, seed=123).labels  # the values to ask for
-    noise = torch.rand(n, 3, 32, 32, generator=torch.Generator().manual_seed(0))  # a generator that learned nothing
     print(f"{'snapshot':<28} {'minutes':>7} {'accuracy':>8} {'judge':>8} {'1 object':>8} {'at blob':>8} {'noise':>8}"
           f"   ({n} samples, values drawn from the data)")
     for path in paths:
         net, ckpt = load_checkpoint(path)
         fam, cfg, c = ckpt["family"], ckpt["config"], labels[ckpt["family"]]  # c: (n,) or (n, d), one per chain
         x = sample(lambda x: net(x, c), n, sampling_settings(cfg, **sampler), seed=0)  # (n, 3, H, W)
+        noise = torch.rand(n, *cfg["x_shape"], generator=torch.Generator().manual_seed(0))  # learned nothing
         (pred, places), (pred0, places0) = [readings(judge, im, 1, cfg.get("clutter")) for im in (x, noise)]
-        one, ok0 = shows_objects(x, places, 1), reads_as(fam, pred0, c) & shows_objects(noise, places0, 1)
-        cols = [reads_as(fam, pred, c) & one, reads_as(fam, pred, c), one]  # (n,) bool each
-        cols += [reads_as(fam, at_blobs(pred, places), c) & one] if fam == "position" else [None]
+        read, one = reads_as(fam, pred, c), shows_objects(x, places, 1)  # (n,) bool each
+        blob = reads_as(fam, at_blobs(pred, places), c) & one if fam == "position" else None
+        cols = [read & one, read, one, blob, reads_as(fam, pred0, c) & shows_objects(noise, places0, 1)]
         rows = [("", slice(None))] + ([(f": {v}", c == k) for k, v in enumerate(ckpt["values"])]
                                       if shipped and ckpt["encoding"] == "index" else [])
         for name, m in rows:  # all samples; then, for a folder's discrete family, those asked for each value
             print(f"{os.path.basename(path) + name:<28} {ckpt.get('elapsed', 0) / 60:>7.1f} " + " ".join(
-                " " * 8 if v is None else f"{v[m].float().mean().item():>8.3f}" for v in cols + [ok0]), flush=True)
+                " " * 8 if v is None else f"{v[m].float().mean().item():>8.3f}" for v in cols), flush=True)
 
 
 def gpu_check():
