@@ -572,8 +572,13 @@ def main(argv=None):
         print(f"mode_tv {q['mode_tv']:.3f}")
 
 
-if __name__ == "__main__":
+def cli(argv=None):
+    """The command line: bad input ends the run with one line naming it, no traceback."""
     try:
-        main()
+        main(argv)
     except (ValueError, FileNotFoundError) as e:
         sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+    cli()
