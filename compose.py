@@ -572,13 +572,8 @@ def main(argv=None):
         print(f"mode_tv {q['mode_tv']:.3f}")
 
 
-def cli(argv=None):
-    """The command line: bad input ends the run with one line naming it, no traceback."""
+if __name__ == "__main__":
     try:
-        main(argv)
+        main()
     except (ValueError, FileNotFoundError) as e:
         sys.exit(f"error: {e}")
-
-
-if __name__ == "__main__":
-    cli()

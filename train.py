@@ -577,14 +577,9 @@ def main(argv):
         dist.destroy_process_group()
 
 
-def cli(argv):
-    """The command line: bad input ends the run with one line naming it, no traceback."""
+if __name__ == "__main__":
     try:
-        main(argv)
+        main(sys.argv[1:])
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         rank = os.environ.get("RANK", "0")  # under torchrun every rank reports its own error
         sys.exit(f"error: {e}" if rank == "0" else f"error (rank {rank}): {e}")
-
-
-if __name__ == "__main__":
-    cli(sys.argv[1:])
