@@ -54,8 +54,7 @@ def median_time(fn, repeats, warmup=3):
 SAMPLER_CASES = {
     "toy2d mlp": (("mlp", dict(n_values=2)), (2,), 1024, 50),
     "shapes32": (("image", dict(IMAGE_PRESETS["shapes32"], n_values=8)), (3, 32, 32), 64, 10),
-    "celeba64": (("image", dict(IMAGE_PRESETS["celeba64"], n_values=2)), (3, 64, 64), 16, 4),
-}
+    "celeba64": (("image", dict(IMAGE_PRESETS["celeba64"], n_values=2)), (3, 64, 64), 16, 4)}
 
 
 def bench_langevin_speed(case, repeats=5, device="cpu", batch=None):
@@ -215,20 +214,21 @@ def bench_toy2d(runs, train_args=""):
     """Train toy2d `runs` times from scratch as a user does (timed with train.py's report); sample TOY2D_SUITE and
     TOY2D_MORE from each run. Medians, worst run, targets. train_args: more train.py settings (a lever)."""
     times, figures = [], {}
-    for r in range(runs):
-        out = f"out-bench-toy2d-{r}"
-        t0 = time.time()
-        p = subprocess.run([sys.executable, "train.py", "--dataset", "toy2d", "--out_dir", out, "--seed", str(r),
-                            *shlex.split(train_args)], capture_output=True, text=True)
-        times.append(time.time() - t0)
-        if p.returncode:
-            sys.exit(f"training run {r} failed:\n{p.stderr}")
-        concepts = load_concepts(out)
-        settings = sampling_settings(next(iter(concepts.values())).config)
-        rows, _ = toy2d_table(concepts, settings, suite=TOY2D_SUITE + TOY2D_MORE)
-        for text, precision, tv, _, _ in rows:
-            figures.setdefault(text, []).append((precision, tv))
-        print(f"run {r}: {times[-1]:.1f} s", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:  # a private folder: two benches side by side never mix models
+        for r in range(runs):
+            out = os.path.join(tmp, f"toy2d-{r}")
+            t0 = time.time()
+            p = subprocess.run([sys.executable, "train.py", "--dataset", "toy2d", "--out_dir", out, "--seed", str(r),
+                                *shlex.split(train_args)], capture_output=True, text=True)
+            times.append(time.time() - t0)
+            if p.returncode:
+                sys.exit(f"training run {r} failed:\n{p.stderr}")
+            concepts = load_concepts(out)
+            settings = sampling_settings(next(iter(concepts.values())).config)
+            rows, _ = toy2d_table(concepts, settings, suite=TOY2D_SUITE + TOY2D_MORE)
+            for text, precision, tv, _, _ in rows:
+                figures.setdefault(text, []).append((precision, tv))
+            print(f"run {r}: {times[-1]:.1f} s", flush=True)
     t = TOY2D_TARGETS
     command = " ".join(["python train.py --dataset toy2d", *shlex.split(train_args)])
     print(f"\n{command}: median {statistics.median(times):.1f} s over {runs} runs "
