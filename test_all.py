@@ -494,7 +494,9 @@ def test_resume_moves_between_devices_starts_from_light_snapshots_and_keeps_its_
     path = os.path.join(out, "vertical.pt")
     ckpt = torch.load(path, weights_only=True)
     assert ckpt["rng"].dtype == torch.uint8 and ckpt["lr_horizon"] == 20
-    ckpt["cuda_rng"] = torch.get_rng_state()  # as written on a GPU machine: a second generator's state
+    # as written on a GPU machine: a second generator's state (on a machine without one, a stand-in: it is
+    # only put back where the run is on CUDA, and a CUDA generator takes only its own kind of state)
+    ckpt["cuda_rng"] = torch.cuda.get_rng_state() if torch.cuda.is_available() else torch.get_rng_state()
     save_checkpoint(ckpt, path)
     # the checkpoint arrives through map_location: every tensor, random states included, is
     # put on the run's device; the random states must reach torch as CPU byte tensors
