@@ -311,7 +311,7 @@ def check_replicas(raw, family, log):
     dist.broadcast(first, 0)
     gap = (flat - first).abs().max()  # how far this replica is from rank 0's: the largest over ranks, below
     dist.all_reduce(gap, op=dist.ReduceOp.MAX)
-    if gap.item() > 0:
+    if gap.item() != 0:  # NaN weights fail too
         raise RuntimeError(f"[{family}] the replicas' weights differ after training (by up to {gap.item():.3g}, "
                            f"weights up to {first.abs().max().item():.3g}): DDP went out of sync")
     log(f"[{family}] ddp: weights identical on all {dist.get_world_size()} ranks")
