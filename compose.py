@@ -291,8 +291,10 @@ def load_concepts(ckpt_dir, device="cpu"):
 
 def sampling_settings(config, **overrides):
     """Sampler settings for compositions, from a training run's config (kept in every checkpoint)."""
-    s = {"steps": config["eval_steps"], "step_size": config["step_size"],
-         "noise_scale": config["noise_scale"], "anneal": config["eval_anneal"], "grad_clip": config["grad_clip"],
+    step = config.get("eval_step_size") or config["step_size"]  # (0, or an older checkpoint: the training step)
+    s = {"steps": config["eval_steps"], "step_size": step,  # the noise keeps the training temperature noise^2 / step:
+         "noise_scale": config["noise_scale"] * (step / config["step_size"]) ** 0.5,
+         "anneal": config["eval_anneal"], "grad_clip": config["grad_clip"],
          "data_range": tuple(config["data_range"]), "x_shape": tuple(config["x_shape"])}
     if config.get("sampler", "ula") != "ula":  # trained with MALA's chains (train.py --sampler): sample as trained
         s["method"] = config["sampler"]

@@ -1100,6 +1100,33 @@ def test_a_shrinking_step_settles_in_a_minimum_narrower_than_the_first_step():
         train.parse_config(["--dataset", "shapes", "--step_end", "30"])  # above the step of 20
 
 
+def test_compositions_sample_at_half_the_training_step_on_2d_data_at_the_same_temperature():
+    """ULA's step bias widens every mode; toy2d compositions sample at half the training step (train.py
+    --eval_step_size), with the noise scaled so that the temperature noise^2 / step stays 1. On the exact
+    energies the half step brings the samples nearer their modes. Images and older checkpoints keep theirs."""
+    import dataclasses
+    import bench
+    from sampler import temperature
+    box = {"data_range": [-3.0, 3.0], "x_shape": [2]}
+    toy = compose.sampling_settings({**dataclasses.asdict(train.parse_config([])), **box})
+    assert toy["step_size"] == 0.005 and temperature(toy["step_size"], toy["noise_scale"]) == pytest.approx(1.0)
+    images = train.parse_config(["--dataset", "shapes"])
+    assert compose.sampling_settings({**dataclasses.asdict(images), **box})["step_size"] == images.step_size
+    older = {**dataclasses.asdict(train.parse_config([])), **box}
+    del older["eval_step_size"]  # a checkpoint written before the setting existed samples as it did
+    assert compose.sampling_settings(older)["step_size"] == 0.01
+    with pytest.raises(ValueError, match="--eval_step_size must be 0"):
+        train.parse_config(["--eval_step_size", "-1"])
+    concepts, centres = bench.exact_toy2d_concepts(), toy2d_modes()[0]
+    expr = parse("outer", concepts)
+    radius = {}  # RMS distance of 4000 samples to their nearest mode (exact Gaussians: 0.141)
+    for step in (0.01, 0.005):
+        settings = dict(bench.exact_toy2d_settings(steps=200), step_size=step, noise_scale=step ** 0.5)
+        x = compose.sample(expr, 4000, settings)
+        radius[step] = torch.cdist(x, centres).min(1).values.pow(2).mean().sqrt().item()
+    assert radius[0.005] < radius[0.01] - 0.005 and radius[0.005] < TOY2D_STD * 2 ** 0.5 + 0.02, radius
+
+
 def test_log_partition_by_quadrature_and_by_annealed_importance_sampling():
     # a Gaussian in a box: log Z = log(2 pi), by AIS from uniform noise with MALA
     energy = lambda x: 0.5 * x.pow(2).sum(1)  # noqa: E731
