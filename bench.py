@@ -3,7 +3,7 @@
     python bench.py                # the sampler on the exact toy2d energies, then the speed table: our Langevin
                                    # sampler against the tutorials' naive loop (toy MLP, shapes32, celeba64)
                                    # and training it/s; last: sampler speedup X.XXx
-    python bench.py --toy2d 3 [--train_args "--sampler mala"]   # train toy2d 3 times: time, quality
+    python bench.py --toy2d 3 [--train_args "--sampler mala"] [--first_seed 3]   # train toy2d 3 times: time, quality
     python bench.py --shapes checkpoints/shapes   # judged compositions, 256 samples each, and a figure
     python bench.py --curve out-shapes            # accuracy against training time (a folder of models: each)
     python bench.py --device cuda  # the speed table on a GPU (every network at batch 128)
@@ -210,16 +210,15 @@ TOY2D_MORE = ["left & ~inner", "(right & outer) | (left & inner)", "bottom & ~le
               "(top | left) & outer"]  # compositions the standard suite does not list, as a new user would try them
 
 
-def bench_toy2d(runs, train_args=""):
-    """Train toy2d `runs` times from scratch as a user does (timed with train.py's report); sample TOY2D_SUITE and
-    TOY2D_MORE from each run. Medians, worst run, targets. train_args: more train.py settings (a lever)."""
+def bench_toy2d(runs, train_args="", first_seed=0):
+    """Train toy2d `runs` times from scratch (seeds first_seed...) as a user does, timed with train.py's report; sample
+    TOY2D_SUITE and TOY2D_MORE from each. Medians, worst run, targets. train_args: more settings (a lever)."""
     times, figures = [], {}
     with tempfile.TemporaryDirectory() as tmp:  # a private folder: two benches side by side never mix models
         for r in range(runs):
-            out = os.path.join(tmp, f"toy2d-{r}")
-            t0 = time.time()
-            p = subprocess.run([sys.executable, "train.py", "--dataset", "toy2d", "--out_dir", out, "--seed", str(r),
-                                *shlex.split(train_args)], capture_output=True, text=True)
+            out, t0 = os.path.join(tmp, f"toy2d-{r}"), time.time()
+            p = subprocess.run([sys.executable, "train.py", "--dataset", "toy2d", "--out_dir", out, "--seed",
+                                str(first_seed + r), *shlex.split(train_args)], capture_output=True, text=True)
             times.append(time.time() - t0)
             if p.returncode:
                 sys.exit(f"training run {r} failed:\n{p.stderr}")
@@ -228,7 +227,7 @@ def bench_toy2d(runs, train_args=""):
             rows, _ = toy2d_table(concepts, settings, suite=TOY2D_SUITE + TOY2D_MORE)
             for text, precision, tv, _, _ in rows:
                 figures.setdefault(text, []).append((precision, tv))
-            print(f"run {r}: {times[-1]:.1f} s", flush=True)
+            print(f"run {r} (seed {first_seed + r}): {times[-1]:.1f} s", flush=True)
     t = TOY2D_TARGETS
     command = " ".join(["python train.py --dataset toy2d", *shlex.split(train_args)])
     print(f"\n{command}: median {statistics.median(times):.1f} s over {runs} runs "
@@ -358,6 +357,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)
     ap.add_argument("--toy2d", type=int, default=0, metavar="RUNS", help="train toy2d RUNS times")
     ap.add_argument("--train_args", default="", metavar="ARGS", help="--toy2d: more train.py settings, quoted")
+    ap.add_argument("--first_seed", type=int, default=0, help="--toy2d: seeds from this one (3: a held-out set)")
     ap.add_argument("--shapes", metavar="CKPT_DIR", help="judge compositions of these shapes models")
     ap.add_argument("--curve", metavar="OUT_DIR", help="accuracy against training time of a shapes run")
     ap.add_argument("--every", type=int, default=500, help="--curve: judge every EVERY-th iteration's snapshot")
@@ -385,7 +385,7 @@ def main():
     if args.shapes:
         bench_shapes(args.shapes, steps=args.steps, step_size=args.step_size)
     if args.toy2d or args.gpu_check:
-        return bench_toy2d(args.toy2d, args.train_args) if args.toy2d else gpu_check()
+        return bench_toy2d(args.toy2d, args.train_args, args.first_seed) if args.toy2d else gpu_check()
     if args.shapes or args.curve:  # image benchmarks only
         return
     if args.device == "cuda":
