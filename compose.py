@@ -525,7 +525,8 @@ def main(argv=None):
                    "(the figure only); default: in --ckpt_dir, named after the expression")
     p.add_argument("--gif", action="store_true", help="also write an animation of the chains")
     p.add_argument("--steps", type=int, default=None, help="Langevin steps (default: from the checkpoint)")
-    p.add_argument("--step_size", type=float, default=None)
+    p.add_argument("--step_size", type=float, default=None, help="Langevin step (default: from the checkpoint); "
+                   "the noise stays, so the temperature noise^2 / step changes with it")
     p.add_argument("--anneal", type=float, default=None, help="starting temperature")
     p.add_argument("--sampler", choices=("ula", "mala", "hmc"), default=None,
                    help="ula: Langevin as in the paper; mala / hmc: with a Metropolis test (default: as the "
