@@ -1108,11 +1108,12 @@ def test_compositions_sample_at_half_the_training_step_on_2d_data_at_the_same_te
     import bench
     from sampler import temperature
     box = {"data_range": [-3.0, 3.0], "x_shape": [2]}
-    toy = compose.sampling_settings({**dataclasses.asdict(train.parse_config([])), **box})
+    config = {**dataclasses.asdict(train.parse_config([])), **box}  # what a toy2d checkpoint keeps
+    toy = compose.sampling_settings(config)
     assert toy["step_size"] == 0.005 and temperature(toy["step_size"], toy["noise_scale"]) == pytest.approx(1.0)
     images = train.parse_config(["--dataset", "shapes"])
     assert compose.sampling_settings({**dataclasses.asdict(images), **box})["step_size"] == images.step_size
-    older = {**dataclasses.asdict(train.parse_config([])), **box}
+    older = dict(config)
     del older["eval_step_size"]  # a checkpoint written before the setting existed samples as it did
     assert compose.sampling_settings(older)["step_size"] == 0.01
     with pytest.raises(ValueError, match="--eval_step_size must be 0"):
@@ -1120,9 +1121,8 @@ def test_compositions_sample_at_half_the_training_step_on_2d_data_at_the_same_te
     concepts, centres = bench.exact_toy2d_concepts(), toy2d_modes()[0]
     expr = parse("outer", concepts)
     radius = {}  # RMS distance of 4000 samples to their nearest mode (exact Gaussians: 0.141)
-    for step in (0.01, 0.005):
-        settings = dict(bench.exact_toy2d_settings(steps=200), step_size=step, noise_scale=step ** 0.5)
-        x = compose.sample(expr, 4000, settings)
+    for step in (0.01, 0.005):  # the exact energies, sampled as a toy2d checkpoint of each eval step would be
+        x = compose.sample(expr, 4000, compose.sampling_settings(dict(config, eval_step_size=step)))
         radius[step] = torch.cdist(x, centres).min(1).values.pow(2).mean().sqrt().item()
     assert radius[0.005] < radius[0.01] - 0.005 and radius[0.005] < TOY2D_STD * 2 ** 0.5 + 0.02, radius
 
