@@ -27,8 +27,8 @@ from compose import (TOY2D_SUITE, Concept, balance, image_grid, load_concepts, l
                      sample, sampling_settings, toy2d_quality)
 from data import (COLORS, LARGE_SIZES, POSITION_RANGE, SHAPES, SIZE_RANGE, corner_side, load_dataset, make_toy2d,
                   render_shapes, to_float)
-from infer import (POSITION_TOL, candidate_values, energies_over, energy_map, infer, load_judge, predict, refine,
-                   save_energy_map, score, train_judge)
+from infer import (POSITION_TOL, blobs, candidate_values, energies_over, energy_map, infer, load_judge, predict,
+                   refine, save_energy_map, score, shows_objects, train_judge)
 from model import load_checkpoint, save_checkpoint
 from train import Config, dataset_for
 
@@ -112,8 +112,8 @@ def crossproduct_test(n=128, seed=701):
 
 
 def crossproduct_study(out_dir, n=128, figure="assets/crossproduct.png"):
-    """The judge's size and position error at unseen combinations: out_dir/position.pt composed with each
-    f<fraction>[-through]/size.pt (-through: learned through position), and out_dir/holistic/f<fraction>.pt."""
+    """Size and position error (the judge's) and the share showing one object, at unseen combinations: out_dir/
+    position.pt with each f<fraction>[-through]/size.pt (-through: learned through position); holistic/f<frac>.pt."""
     judge, _ = load_judge()
     pos, size = crossproduct_test(n)
     position, _ = load_checkpoint(os.path.join(out_dir, "position.pt"))
@@ -139,12 +139,12 @@ def crossproduct_study(out_dir, n=128, figure="assets/crossproduct.png"):
             gen, _ = load_holistic(path)
             rows.append((f"holistic, {d}", f, gen(torch.cat([pos, size], 1))))
         print(f"{d} done in {time.time() - t0:.0f} s", flush=True)
-    print(f"{'generator':<24} {'size error':>10} {'position error':>14}   ({n} unseen combinations)")
-    results = []  # (name, f, size error, position error)
+    print(f"{'generator':<24} {'size error':>10} {'position error':>14} {'one object':>10}   ({n} unseen combinations)")
+    results = []  # (name, f, size error, position error); one object: the share the object rule passes (infer.py)
     for name, f, x in rows:
-        p = predict(judge, x)
+        p, one = predict(judge, x), shows_objects(x, blobs(x), 1).float().mean().item()
         results.append((name, f, (p["size"] - size[:, 0]).abs().mean().item(), position_error(p["position"], pos)))
-        print(f"{name:<24} {results[-1][2]:>10.3f} {results[-1][3]:>14.3f}")
+        print(f"{name:<24} {results[-1][2]:>10.3f} {results[-1][3]:>14.3f} {one:>10.3f}")
     pictures = [("truth", None, truth)] + rows[2:]
     fig = pyplot().figure(figsize=(11, 0.75 * len(pictures) + 0.5))
     grid = fig.add_gridspec(len(pictures), 3, width_ratios=(2.2, 1, 1))
