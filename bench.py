@@ -32,7 +32,7 @@ from data import TOY2D_FAMILIES, TOY2D_STD, Dataset, load_dataset, toy2d_modes
 from infer import at_blobs, load_judge, readings, reads_as, score, shows_objects
 from model import IMAGE_PRESETS, build_model, load_checkpoint
 from sampler import langevin
-from train import dataset_for, parse_config, train_concept
+from train import Config, dataset_for, parse_config, train_concept
 
 
 def median_time(fn, repeats, warmup=3):
@@ -188,9 +188,9 @@ def exact_toy2d_concepts():
             for fam, names in TOY2D_FAMILIES.items() for i, name in enumerate(names)}
 
 
-def exact_toy2d_settings(steps=300, anneal=20.0):
-    return {"steps": steps, "step_size": 0.01, "noise_scale": 0.1, "anneal": anneal, "grad_clip": 40.0,
-            "data_range": (-3.0, 3.0), "x_shape": (2,), "resample": True}
+def exact_toy2d_settings(steps=300, anneal=20.0):  # toy2d's training step, noise and clip (train.Config)
+    return {"steps": steps, "anneal": anneal, "data_range": (-3.0, 3.0), "x_shape": (2,), "resample": True,
+            **{k: getattr(Config, k) for k in ("step_size", "noise_scale", "grad_clip")}}
 
 
 def bench_sampler_on_exact_energies(steps=300, anneal=20.0):
