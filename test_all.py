@@ -1224,7 +1224,7 @@ def test_inference_by_energy_minimisation():
     assert np.allclose(minima[0], (0.35, -0.7), atol=0.03) and np.allclose(minima[1], (-0.5, 0.5), atol=0.03)
 
 
-def test_inference_experiments_data_and_tables(capsys):
+def test_inference_experiments_data_and_tables(capsys, tmp_path):
     import experiments
     import infer
     # two objects, far enough apart to be two blobs, each where the labels say
@@ -1246,6 +1246,17 @@ def test_inference_experiments_data_and_tables(capsys):
                                                       views.flatten(0, 1)), where.repeat_interleave(4, 0))
            for d in ("scenes_ground", "shapes")}
     assert err["scenes_ground"] < 0.15 and err["scenes_ground"] < 0.5 * err["shapes"], err
+    # the views table counts every view: planted views that read x off by +0.2, -0.2, +0.1, -0.1 give one view's
+    # error as their mean (0.15 in x, 0 in y: 0.075), two views (+-0.2, then +-0.1) none, three 0.1 / 3 in x
+    offsets = [(0.2, 0.0), (-0.2, 0.0), (0.1, 0.0), (-0.1, 0.0)]
+    truth = torch.tensor([[0.3, -0.4], [-0.5, 0.2]])
+    planted = torch.stack([planted_images([tuple((t + torch.tensor(o)).tolist()) for o in offsets], [0] * 4)
+                           for t in truth])  # (2 scenes, 4 views, 3, 32, 32)
+    pos_ckpt = {"encoding": "numbers", "range": [-1.0, 1.0], "values": ["x", "y"]}
+    with mock.patch.object(experiments, "load_checkpoint", return_value=(PlantedEnergy(), pos_ckpt)), \
+            mock.patch.object(experiments, "render_views", return_value=(planted, truth)):
+        errors = experiments.views_table("planted.pt", n_scenes=2, max_views=4, figure=f"{tmp_path}/views.png")
+    assert np.allclose(errors, [0.075, 0.0, 0.1 / 6, 0.0], atol=0.005), errors
     # Table 1 on a few renders: the layout, its last line, and a regressor that reads positions
     rows, avg = experiments.ood_table([f"{SHAPES_DIR}/position.pt"], n=16)
     assert list(rows) == ["Train", "Color", "Light", "Size", "Type"] and len(avg) == 2
