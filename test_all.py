@@ -1197,6 +1197,9 @@ class PlantedEnergy(torch.nn.Module):
         return e if self.second is None else torch.minimum(e, (c - self.second).pow(2).sum(1) + 0.1)
 
 
+POS_CKPT = {"encoding": "numbers", "range": [-1.0, 1.0], "values": ["x", "y"]}  # a position family, as infer reads it
+
+
 def planted_images(targets, colors):
     x = torch.full((len(targets), 3, 32, 32), 0.5)
     x[:, :2, 0, 0] = (torch.tensor(targets) + 1) / 2
@@ -1206,15 +1209,14 @@ def planted_images(targets, colors):
 
 def test_inference_by_energy_minimisation():
     import infer
-    pos_ckpt = {"encoding": "numbers", "range": [-1.0, 1.0], "values": ["x", "y"]}
     col_ckpt = {"encoding": "index", "values": list(range(8))}
     targets = [(0.33, -0.71), (-0.52, 0.18), (0.9, 0.05)]
     x = planted_images(targets, [2, 5, 7])
-    found = infer.infer(PlantedEnergy(), pos_ckpt, x)  # grid (0.1 apart), then gradient refinement
+    found = infer.infer(PlantedEnergy(), POS_CKPT, x)  # grid (0.1 apart), then gradient refinement
     assert (found - torch.tensor(targets)).abs().max() < 0.01
-    joint = infer.infer(PlantedEnergy(), pos_ckpt, x, joint=True)  # summed quadratics: the mean
+    joint = infer.infer(PlantedEnergy(), POS_CKPT, x, joint=True)  # summed quadratics: the mean
     assert joint.shape == (1, 2) and (joint[0] - torch.tensor(targets).mean(0)).abs().max() < 0.01
-    scenes = infer.infer(PlantedEnergy(), pos_ckpt, x[[0, 1, 2, 2]].view(2, 2, 3, 32, 32))  # 2 scenes, 2 views
+    scenes = infer.infer(PlantedEnergy(), POS_CKPT, x[[0, 1, 2, 2]].view(2, 2, 3, 32, 32))  # 2 scenes, 2 views
     want = torch.stack([torch.tensor(targets[:2]).mean(0), torch.tensor(targets[2])])
     assert scenes.shape == (2, 2) and (scenes - want).abs().max() < 0.01
     assert infer.infer(PlantedEnergy(), col_ckpt, x).tolist() == [2, 5, 7]
@@ -1252,8 +1254,7 @@ def test_inference_experiments_data_and_tables(capsys, tmp_path):
     truth = torch.tensor([[0.3, -0.4], [-0.5, 0.2]])
     planted = torch.stack([planted_images([tuple((t + torch.tensor(o)).tolist()) for o in offsets], [0] * 4)
                            for t in truth])  # (2 scenes, 4 views, 3, 32, 32)
-    pos_ckpt = {"encoding": "numbers", "range": [-1.0, 1.0], "values": ["x", "y"]}
-    with mock.patch.object(experiments, "load_checkpoint", return_value=(PlantedEnergy(), pos_ckpt)), \
+    with mock.patch.object(experiments, "load_checkpoint", return_value=(PlantedEnergy(), POS_CKPT)), \
             mock.patch.object(experiments, "render_views", return_value=(planted, truth)):
         errors = experiments.views_table("planted.pt", n_scenes=2, max_views=4, figure=f"{tmp_path}/views.png")
     assert np.allclose(errors, [0.075, 0.0, 0.1 / 6, 0.0], atol=0.005), errors
