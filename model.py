@@ -18,6 +18,7 @@ numbers of a continuous one (`size`: 0.45; `position`: (0.5, -0.3)).
 
     net, ckpt = load_checkpoint("out-toy2d/vertical.pt")   # weights_only=True
     temper_checkpoint("a.pt", 0.5, "b.pt")   # b: the energy of a, halved (temperature 2)
+    average_checkpoints(["s1.pt", "s2.pt"], "b.pt")   # b: the mean weights of a run's snapshots
 
 build_concept_model sizes a network for one family of a dataset from train.py's settings.
 This file imports nothing from the project.
@@ -297,3 +298,24 @@ def load_checkpoint(path, device="cpu"):
         raise ValueError(f"checkpoint {path} could not be read: {type(e).__name__}: {e}") from None
     net.to(device).eval().requires_grad_(False)
     return net, ckpt
+
+
+def average_checkpoints(srcs, dst):
+    """Write to `dst` the mean weights of `srcs`, snapshots of one run (stochastic weight averaging, Izmailov
+    et al. 2018). Late in a run the learning rate is flat and each snapshot is the last one plus the noise of
+    a few hundred updates; their mean keeps what they share. Everything else (step, config, recorded energies)
+    is the last file's, and spectral norm's singular vectors too, as in ema_updater. The result is a light
+    snapshot: it resumes with fresh chains and a fresh optimizer."""
+    if len(srcs) < 2:
+        raise ValueError(f"averaging needs two checkpoints or more, got {len(srcs)}")
+    ckpts = [torch.load(path, map_location="cpu", weights_only=True) for path in srcs]
+    for path, ckpt in zip(srcs[1:], ckpts[1:]):
+        if (ckpt["model_args"], ckpt["family"]) != (ckpts[0]["model_args"], ckpts[0]["family"]):
+            raise ValueError(f"{path} is not a snapshot of the same model as {srcs[0]}: cannot average them")
+    out = {k: v for k, v in ckpts[-1].items() if k not in ("optimizer", "buffer", "rng")}
+    for key in [k for k in ("model", "ema") if k in out]:
+        out[key] = {name: torch.stack([c[key][name] for c in ckpts]).mean(0)
+                    if t.is_floating_point() and not name.endswith(("._u", "._v")) else t
+                    for name, t in out[key].items()}
+    out["averaged"] = [os.path.basename(path) for path in srcs]  # so a file says what it is the mean of
+    save_checkpoint(out, dst)

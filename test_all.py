@@ -17,7 +17,8 @@ import compose
 import train
 from compose import And, Concept, Not, Or, exact_weights, parse, toy2d_quality
 from data import TOY2D_STD, load_dataset, make_toy2d, toy2d_modes
-from model import build_model, load_checkpoint, save_checkpoint, temper_checkpoint
+from model import (IMAGE_PRESETS, average_checkpoints, build_model, load_checkpoint, model_args, save_checkpoint,
+                   temper_checkpoint)
 from sampler import ReplayBuffer, langevin, run_chains
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -357,6 +358,32 @@ def test_tempering_a_checkpoint_scales_its_energy_and_recorded_energies(tiny_run
     assert tempered["energy_factor"] == 0.5
     with pytest.raises(ValueError, match="factor must be > 0"):
         temper_checkpoint(src, 0.0, dst)
+
+
+def test_averaging_checkpoints_means_their_weights(tiny_run, tmp_path):
+    # ring.pt and its copy at half the energy differ only in the last (linear) layer: their mean is 0.75 E
+    src, half, dst = os.path.join(tiny_run, "ring.pt"), str(tmp_path / "half.pt"), str(tmp_path / "mean.pt")
+    temper_checkpoint(src, 0.5, half)
+    average_checkpoints([src, half], dst)
+    (net, _), (mean, ckpt) = load_checkpoint(src), load_checkpoint(dst)
+    x, c = torch.randn(64, 2), torch.randint(0, 2, (64,))
+    assert torch.allclose(mean(x, c), 0.75 * net(x, c), atol=1e-5)
+    assert ckpt["averaged"] == ["ring.pt", "half.pt"] and not {"optimizer", "buffer"} & set(ckpt)
+    with pytest.raises(ValueError, match="vertical.pt is not a snapshot of the same model"):
+        average_checkpoints([src, os.path.join(tiny_run, "vertical.pt")], dst)
+    with pytest.raises(ValueError, match="two checkpoints or more, got 1"):
+        average_checkpoints([src], dst)
+    # image networks: spectrally normalised weights are averaged, their singular vectors are the last file's
+    nets, paths = [build_model("image", **IMAGE_PRESETS["shapes32"], cond_dim=2) for _ in range(2)], []
+    for i, net in enumerate(nets):
+        paths.append(str(tmp_path / f"image{i}.pt"))
+        save_checkpoint({"model": net.state_dict(), "model_args": model_args(net), "family": "position"}, paths[-1])
+    average_checkpoints(paths, dst)
+    weights, (a, b) = torch.load(dst, weights_only=True)["model"], (net.state_dict() for net in nets)
+    w, u = "stem.parametrizations.weight.original", "stem.parametrizations.weight.0._u"
+    assert torch.allclose(weights[w], (a[w] + b[w]) / 2) and not torch.allclose(weights[w], b[w])
+    assert torch.equal(weights[u], b[u])
+    load_checkpoint(dst)  # and it rebuilds
 
 
 def test_compose_cli_writes_samples_figure_and_gif(tiny_run, tmp_path):
