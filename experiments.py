@@ -372,10 +372,10 @@ def main(argv=None):
     for name, what in (("ood", "Table 1: position error out of distribution"),
                        ("views", "Figure 9a: error against the number of views"),
                        ("objects", "Figure 10: two objects, two minima")):
-        command(name, what).add_argument("--models", nargs="+", default=["checkpoints/shapes/position.pt"],
-                                         help="the position EBM(s) (ood: one column each, the first is ebm_avg)")
-    for name, what in (("partition", "partition functions and disjunctions (A.6)"),
-                       ("samplers", "ULA, MALA and HMC at equal cost")):
+        command(name, what).add_argument(
+            "--models", nargs="+" if name == "ood" else 1, default=["checkpoints/shapes/position.pt"], metavar="PT",
+            help="position EBMs, one column each (the first gives ebm_avg)" if name == "ood" else "a position EBM")
+    for name, what in (("partition", "log Z and disjunctions (A.6)"), ("samplers", "ULA, MALA, HMC at equal cost")):
         command(name, what).add_argument("--ckpt_dir", default="out-toy2d", help="the trained toy2d models")
     args = p.parse_args(argv)
     os.chdir(os.path.dirname(os.path.abspath(__file__)))  # default paths and assets/ are the repository's

@@ -1315,6 +1315,8 @@ def test_moved_experiments_say_where_they_went():
                                                          "objects", "partition", "samplers"))
     code, _, err = run_cli_here("experiments.py", "views", "--models", "missing.pt")
     assert code == 1 and "position model missing.pt does not exist" in err
+    code, _, err = run_cli_here("experiments.py", "objects", "--models", "a.pt", "b.pt")  # one model: not the first of two
+    assert code == 2 and "unrecognized arguments: b.pt" in err
 
 
 def test_infer_cli_reads_images_and_reports_bad_input(tmp_path):
