@@ -302,15 +302,16 @@ def load_checkpoint(path, device="cpu"):
 
 def average_checkpoints(srcs, dst):
     """Write to `dst` the mean weights of `srcs`, snapshots of one run (stochastic weight averaging, Izmailov
-    et al. 2018). Late in a run the learning rate is flat and each snapshot is the last one plus the noise of
-    a few hundred updates; their mean keeps what they share. Everything else (step, config, recorded energies)
+    et al. 2018). Late in a run, at a low learning rate, each snapshot is the one before plus the noise of a
+    few hundred updates; their mean keeps what they share. Everything else (step, config, recorded energies)
     is the last file's, and spectral norm's singular vectors too, as in ema_updater. The result is a light
     snapshot: it resumes with fresh chains and a fresh optimizer."""
     if len(srcs) < 2:
         raise ValueError(f"averaging needs two checkpoints or more, got {len(srcs)}")
     ckpts = [torch.load(path, map_location="cpu", weights_only=True) for path in srcs]
+    kind = lambda ckpt: (ckpt["model_args"], ckpt["family"], "ema" in ckpt)  # what snapshots of one run share
     for path, ckpt in zip(srcs[1:], ckpts[1:]):
-        if (ckpt["model_args"], ckpt["family"]) != (ckpts[0]["model_args"], ckpts[0]["family"]):
+        if kind(ckpt) != kind(ckpts[0]):
             raise ValueError(f"{path} is not a snapshot of the same model as {srcs[0]}: cannot average them")
     out = {k: v for k, v in ckpts[-1].items() if k not in ("optimizer", "buffer", "rng")}
     for key in [k for k in ("model", "ema") if k in out]:
