@@ -230,6 +230,9 @@ def build_concept_model(cfg, ds, family):
     return build_model("image", **preset, n_values=len(ds.concepts[family]))
 
 
+SINGULAR_VECTORS = ("._u", "._v")  # state_dict names of spectral norm's power-iteration vectors: copied, never averaged
+
+
 def ema_updater(raw, ema, decay):
     """A function that moves `ema`, a copy of `raw`, towards raw's live weights by 1 - decay: one
     multi-tensor kernel, not one per tensor. state_dict tensors share storage with the modules (which
@@ -237,7 +240,7 @@ def ema_updater(raw, ema, decay):
     if ema is None:
         return lambda: None
     live, avg = raw.state_dict(), ema.state_dict()
-    singular = [k for k in avg if k.endswith(("._u", "._v"))]
+    singular = [k for k in avg if k.endswith(SINGULAR_VECTORS)]
     mixed = [[state[k] for k in avg if k not in singular] for state in (avg, live)]
     copied = [[state[k] for k in singular] for state in (avg, live)]
 
@@ -316,7 +319,7 @@ def average_checkpoints(srcs, dst):
     out = {k: v for k, v in ckpts[-1].items() if k not in ("optimizer", "buffer", "rng")}
     for key in [k for k in ("model", "ema") if k in out]:
         out[key] = {name: torch.stack([c[key][name] for c in ckpts]).mean(0)
-                    if t.is_floating_point() and not name.endswith(("._u", "._v")) else t
+                    if t.is_floating_point() and not name.endswith(SINGULAR_VECTORS) else t
                     for name, t in out[key].items()}
     out["averaged"] = [os.path.basename(path) for path in srcs]  # so a file says what it is the mean of
     save_checkpoint(out, dst)
