@@ -304,11 +304,12 @@ def load_checkpoint(path, device="cpu"):
 
 
 def average_checkpoints(srcs, dst):
-    """Write to `dst` the mean weights of `srcs`, snapshots of one run (stochastic weight averaging, Izmailov
-    et al. 2018). Late in a run, at a low learning rate, each snapshot is the one before plus the noise of a
-    few hundred updates; their mean keeps what they share. Everything else (step, config, recorded energies)
-    is the last file's, and spectral norm's singular vectors too, as in ema_updater. The result is a light
-    snapshot: it resumes with fresh chains and a fresh optimizer."""
+    """Write to `dst` the mean weights of `srcs`: snapshots of one run, or of runs resumed from one snapshot
+    (stochastic weight averaging, Izmailov et al. 2018; model soups, Wortsman et al. 2022). Late in a run, at
+    a low learning rate, each snapshot is the one before plus the noise of a few hundred updates; their mean
+    keeps what they share. Everything else (step, config, recorded energies) is the last file's, and spectral
+    norm's singular vectors too, as in ema_updater. The result is a light snapshot: it resumes with fresh
+    chains and a fresh optimizer."""
     if len(srcs) < 2:
         raise ValueError(f"averaging needs two checkpoints or more, got {len(srcs)}")
     ckpts = [torch.load(path, map_location="cpu", weights_only=True) for path in srcs]
@@ -321,5 +322,7 @@ def average_checkpoints(srcs, dst):
         out[key] = {name: torch.stack([c[key][name] for c in ckpts]).mean(0)
                     if t.is_floating_point() and not name.endswith(SINGULAR_VECTORS) else t
                     for name, t in out[key].items()}
-    out["averaged"] = [os.path.basename(path) for path in srcs]  # so a file says what it is the mean of
+    # what it is the mean of, named from the folder the files share: ["a/position_008000.pt", "b/..."]
+    root = os.path.commonpath([os.path.dirname(os.path.abspath(path)) for path in srcs])
+    out["averaged"] = [os.path.relpath(os.path.abspath(path), root) for path in srcs]
     save_checkpoint(out, dst)

@@ -368,7 +368,10 @@ def test_averaging_checkpoints_means_their_weights(tiny_run, tmp_path):
     (net, _), (mean, ckpt) = load_checkpoint(src), load_checkpoint(dst)
     x, c = torch.randn(64, 2), torch.randint(0, 2, (64,))
     assert torch.allclose(mean(x, c), 0.75 * net(x, c), atol=1e-5)
-    assert ckpt["averaged"] == ["ring.pt", "half.pt"] and not {"optimizer", "buffer"} & set(ckpt)
+    # the files it is the mean of, named from the folder they share (here pytest's: tiny run's and this test's)
+    assert ckpt["averaged"] == [os.path.join(os.path.basename(tiny_run), "ring.pt"),
+                                os.path.join(tmp_path.name, "half.pt")]
+    assert not {"optimizer", "buffer"} & set(ckpt)
     with pytest.raises(ValueError, match="vertical.pt is not a snapshot of the same model"):
         average_checkpoints([src, os.path.join(tiny_run, "vertical.pt")], dst)
     with pytest.raises(ValueError, match="two checkpoints or more, got 1"):
@@ -379,6 +382,7 @@ def test_averaging_checkpoints_means_their_weights(tiny_run, tmp_path):
         paths.append(str(tmp_path / f"image{i}.pt"))
         save_checkpoint({"model": net.state_dict(), "model_args": model_args(net), "family": "position"}, paths[-1])
     average_checkpoints(paths, dst)
+    assert torch.load(dst, weights_only=True)["averaged"] == ["image0.pt", "image1.pt"]  # one folder: names
     weights, (a, b) = torch.load(dst, weights_only=True)["model"], (net.state_dict() for net in nets)
     w, u = "stem.parametrizations.weight.original", "stem.parametrizations.weight.0._u"
     assert torch.allclose(weights[w], (a[w] + b[w]) / 2) and not torch.allclose(weights[w], b[w])
