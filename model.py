@@ -313,7 +313,7 @@ def average_checkpoints(srcs, dst):
     if len(srcs) < 2:
         raise ValueError(f"averaging needs two checkpoints or more, got {len(srcs)}")
     ckpts = [torch.load(path, map_location="cpu", weights_only=True) for path in srcs]
-    kind = lambda ckpt: (ckpt["model_args"], ckpt["family"], "ema" in ckpt)  # what snapshots of one run share
+    kind = lambda ckpt: (ckpt["model_args"], ckpt["family"], "ema" in ckpt)  # what snapshots of one model share
     for path, ckpt in zip(srcs[1:], ckpts[1:]):
         if kind(ckpt) != kind(ckpts[0]):
             raise ValueError(f"{path} is not a snapshot of the same model as {srcs[0]}: cannot average them")
@@ -323,6 +323,7 @@ def average_checkpoints(srcs, dst):
                     if t.is_floating_point() and not name.endswith(SINGULAR_VECTORS) else t
                     for name, t in out[key].items()}
     # what it is the mean of, named from the folder the files share: ["a/position_008000.pt", "b/..."]
-    root = os.path.commonpath([os.path.dirname(os.path.abspath(path)) for path in srcs])
-    out["averaged"] = [os.path.relpath(os.path.abspath(path), root) for path in srcs]
+    paths = [os.path.abspath(path) for path in srcs]
+    root = os.path.commonpath([os.path.dirname(path) for path in paths])
+    out["averaged"] = [os.path.relpath(path, root) for path in paths]
     save_checkpoint(out, dst)
