@@ -5,7 +5,7 @@
     python experiments.py regressor       # Table 1's supervised baseline -> checkpoints/supervised/regressor.pt
     python experiments.py ood [--models A.pt B.pt]   # Table 1: position error on renders of unseen factors
     python experiments.py views [--models A.pt]      # Figure 9a: error against the number of views combined
-    python experiments.py objects [--models A.pt]    # Figure 10: two objects, the two lowest energy minima
+    python experiments.py objects [--models A.pt] [--and B.pt]   # Figure 10: two objects, two energy minima
     python experiments.py partition [--ckpt_dir out-toy2d]   # A.6: partition functions and disjunctions
     python experiments.py samplers [--ckpt_dir out-toy2d]    # ULA, MALA and HMC at equal cost
 
@@ -151,8 +151,7 @@ def crossproduct_study(out_dir, n=128, figure="assets/crossproduct.png"):
     for i, (name, _, x) in enumerate(pictures):  # left: 8 generations per row
         ax = fig.add_subplot(grid[i, 0])
         ax.imshow(image_grid(x[:8], nrow=8))
-        ax.set_axis_off()
-        ax.set_title(name, fontsize=8, loc="left")
+        ax.set_axis_off(), ax.set_title(name, fontsize=8, loc="left")
     for j, what in enumerate(("size error", "position error")):  # right: each error against the fraction
         ax = fig.add_subplot(grid[:, 1 + j])
         for label, belongs in (("composed EBMs", lambda name: name.startswith("EBMs") and "-through" not in name),
@@ -164,8 +163,7 @@ def crossproduct_study(out_dir, n=128, figure="assets/crossproduct.png"):
         ax.axhline(results[0][2 + j], color="grey", ls="--", label="renders of the truth")
         ax.axhline(results[1][2 + j], color="grey", ls=":", label="large spheres at the asked places")
         ax.set(xscale="log", xlabel="share of positions with every size")
-        ax.set_title(f"{what} at unseen combinations", fontsize=9)
-        ax.legend(fontsize=7)
+        ax.set_title(f"{what} at unseen combinations", fontsize=9), ax.legend(fontsize=7)
     save_figure(fig, figure, dpi=110)
     return results
 
@@ -175,6 +173,7 @@ def crossproduct_study(out_dir, n=128, figure="assets/crossproduct.png"):
 REGRESSOR_PATH = "checkpoints/supervised/regressor.pt"  # Table 1: the judge's net by MSE on position, on the EBM's data
 OOD_SETS = {"Color": "colors", "Light": "light", "Size": "sizes", "Type": "shape"}  # column -> data.make_shapes heldout
 TWO_OBJECTS_APART = 1.0  # objects of size 0.3-0.4 reach 0.4-0.5 from their centres: 1.0 apart, they do not touch
+AND_WEIGHT = 0.04  # objects --and: the added model's weight (chosen on a validation set, EXPERIMENTS.md)
 
 
 def position_error(found, truth):  # positions (N, 2): the mean absolute error over both coordinates
@@ -249,13 +248,14 @@ def two_object_images(n, seed, min_apart=TWO_OBJECTS_APART):
     return torch.where(drawn, second, first).contiguous(), torch.from_numpy(pos).float()
 
 
-def objects_table(model, n=128, seed=501, figure="assets/infer_two_objects.png"):
-    """Figure 10's analog: do the two lowest minima of a one-object position model find both of two objects?"""
-    net, _ = load_checkpoint(model)
+def objects_table(model, also=None, n=128, seed=501, figure="assets/infer_two_objects.png", weight=AND_WEIGHT):
+    """Figure 10's analog: do the two lowest minima of a position model's energy find both of two objects? With
+    `also`, a second position model ANDed in at `weight`: E(x | c) = E_model + weight * E_also (paper eq. 4)."""
+    nets = [load_checkpoint(m)[0] for m in [model, also] if m]
     x, pos = two_object_images(n, seed)
     found = []
     for i, (img, p) in enumerate(zip(x, pos.numpy())):
-        e, _, minima = energy_map(net, img)
+        e, _, minima = energy_map(lambda v, c: nets[0](v, c) + sum(weight * net(v, c) for net in nets[1:]), img)
         m = np.array(minima[:2])  # (2, 2): the two lowest minima, if there are two
         found.append(len(m) == 2 and any(np.hypot(*(m - q).T).max() <= POSITION_TOL for q in (p, p[::-1])))
         if i == 0:
@@ -324,8 +324,7 @@ def tempered_concepts(trained, figure):
             e = c(ds.x[ds.labels[c.family] == c.value])  # (n,) on the concept's own data
         spread[name] = e.std().item()
         ax.hist(e.numpy(), bins=60, histtype="step", label=f"{name} (mean {e.mean():.2f}, std {e.std():.2f})")
-    ax.set_xlabel("E(x | c) on the concept's own data")
-    ax.legend(fontsize=7)
+    ax.set_xlabel("E(x | c) on the concept's own data"), ax.legend(fontsize=7)
     save_figure(fig, figure)
     ref = statistics.median(spread.values())
     return {n: Concept(lambda x, v, m=c.model, t=spread[n] / ref: m(x, v) / t, c.family, c.value, n,
@@ -375,11 +374,12 @@ def main(argv=None):
         command(name, what).add_argument(
             "--models", nargs="+" if name == "ood" else 1, default=["checkpoints/shapes/position.pt"], metavar="PT",
             help="position EBMs, one column each (the first gives ebm_avg)" if name == "ood" else "a position EBM")
+    sub.choices["objects"].add_argument("--and", dest="also", metavar="PT", help=f"an EBM added at {AND_WEIGHT}")
     for name, what in (("partition", "log Z and disjunctions (A.6)"), ("samplers", "ULA, MALA, HMC at equal cost")):
         command(name, what).add_argument("--ckpt_dir", default="out-toy2d", help="the trained toy2d models")
     args = p.parse_args(argv)
     os.chdir(os.path.dirname(os.path.abspath(__file__)))  # default paths and assets/ are the repository's
-    for path in getattr(args, "models", []):
+    for path in [*getattr(args, "models", []), *filter(None, [getattr(args, "also", None)])]:
         if not os.path.exists(path):
             raise FileNotFoundError(f"position model {path} does not exist")
         if (family := load_checkpoint(path)[1]["family"]) != "position":
@@ -388,7 +388,7 @@ def main(argv=None):
                                              figure="assets/shapes_continual.png"),
            "crossproduct": lambda: crossproduct_study(args.ckpt_dir), "ood": lambda: ood_table(args.models),
            "regressor": lambda: train_judge(REGRESSOR_PATH, heads=("position",), data=dict(n=20_000, seed=0)),
-           "views": lambda: views_table(args.models[0]), "objects": lambda: objects_table(args.models[0]),
+           "views": lambda: views_table(args.models[0]), "objects": lambda: objects_table(*args.models, args.also),
            "partition": lambda: partition_study(args.ckpt_dir), "samplers": lambda: sampler_study(args.ckpt_dir)}
     run[args.name]()
 

@@ -1297,6 +1297,22 @@ def test_inference_experiments_data_and_tables(capsys, tmp_path):
     assert re.fullmatch(r"ebm_avg \d\.\d{3} regressor_avg \d\.\d{3}", last), last
 
 
+def test_two_object_recovery_of_one_model_and_of_two_anded(tmp_path):
+    """objects_table counts an image where both objects lie within 0.15 of the two lowest minima; --and adds a
+    second model's energy: A's second well, 0.2 off the second object, moves halfway to B's well on it."""
+    import experiments
+    pos = torch.tensor([[[-0.5, -0.5], [0.5, 0.5]]] * 2)  # (2 images, 2 objects, 2)
+    images = planted_images([(-0.5, -0.5)] * 2, [0, 0])  # the first object planted; each model holds the second
+    nets = {"a.pt": PlantedEnergy(second=torch.tensor([0.5, 0.7])), "b.pt": PlantedEnergy(second=pos[0, 1])}
+    with mock.patch.object(experiments, "load_checkpoint", side_effect=lambda path: (nets[path], POS_CKPT)), \
+            mock.patch.object(experiments, "two_object_images", return_value=(images, pos)):
+        alone = experiments.objects_table("a.pt", n=2, figure=f"{tmp_path}/a.png")
+        anded = experiments.objects_table("a.pt", "b.pt", n=2, figure=f"{tmp_path}/ab.png", weight=1.0)
+    assert alone == 0.0 and anded == 1.0, (alone, anded)
+    code, _, err = run_cli_here("experiments.py", "objects", "--and", "missing.pt")
+    assert code == 1 and "position model missing.pt does not exist" in err
+
+
 def test_moved_experiments_say_where_they_went():
     """The paper's experiments left infer.py and bench.py for experiments.py: each old spelling
     answers with one line naming the new command, and status 2."""
