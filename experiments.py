@@ -252,18 +252,18 @@ def objects_table(model, also=None, n=128, seed=501, figure="assets/infer_two_ob
     """Figure 10's analog: do the two lowest minima of a position model's energy find both of two objects? With
     `also`, a second position model ANDed in at `weight`: E(x | c) = E_model + weight * E_also (paper eq. 4)."""
     nets = [load_checkpoint(m)[0] for m in [model, also] if m]
+    energy = lambda v, c: nets[0](v, c) + sum(weight * net(v, c) for net in nets[1:])  # (B,): the sum of the AND
     x, pos = two_object_images(n, seed)
     found = []
     for i, (img, p) in enumerate(zip(x, pos.numpy())):
-        e, _, minima = energy_map(lambda v, c: nets[0](v, c) + sum(weight * net(v, c) for net in nets[1:]), img)
+        e, _, minima = energy_map(energy, img)
         m = np.array(minima[:2])  # (2, 2): the two lowest minima, if there are two
         found.append(len(m) == 2 and any(np.hypot(*(m - q).T).max() <= POSITION_TOL for q in (p, p[::-1])))
         if i == 0:
             save_energy_map(img, e, minima, figure, f"two objects; lowest minima {np.round(m, 2).tolist()}")
     rate = float(np.mean(found))
-    print(f"wrote {figure}")
-    print(f"two-object recovery {rate:.3f} ({sum(found)} of {n} images: both objects within {POSITION_TOL} "
-          f"of the two lowest minima)")
+    print(f"wrote {figure}\ntwo-object recovery {rate:.3f} ({sum(found)} of {n} images: both objects within "
+          f"{POSITION_TOL} of the two lowest minima)")
     return rate
 
 
