@@ -25,8 +25,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def run_cli(*args):
-    """Run one of the project's scripts; return (returncode, stdout, stderr)."""
-    p = subprocess.run([sys.executable, *args], cwd=HERE, capture_output=True, text=True, timeout=300)
+    """Run one of the project's scripts; return (returncode, stdout, stderr). The timeout only stops a hung
+    script: the short toy2d run takes 3 minutes on a slow 2-core host, and over 5 beside other jobs."""
+    p = subprocess.run([sys.executable, *args], cwd=HERE, capture_output=True, text=True, timeout=900)
     return p.returncode, p.stdout, p.stderr
 
 
